@@ -1,0 +1,21 @@
+"""Agents: one algorithm per file, each a frozen config plus pure ``init``, ``update``, ``act``.
+
+* ``dql``: Diffusion-QL / EDP (offline RL on transitions), the official CDP RL setting.
+* ``dbc``: diffusion behaviour cloning with observation history and action chunks (imitation).
+
+``AGENTS[name]`` is the module; ``CONFIGS[name]`` its config dataclass; ``DATA[name]`` the batch
+layout it trains on (``"transitions"`` or ``"windows"``).
+"""
+
+from cdp_jax.agents import dbc, dql
+
+AGENTS = {"dql": dql, "dbc": dbc}
+CONFIGS = {"dql": dql.DQLConfig, "dbc": dbc.DBCConfig}
+DATA = {"dql": "transitions", "dbc": "windows"}
+
+
+def get_agent(name: str):
+    """The agent module for ``name``; unknown names raise listing the valid ones."""
+    if name not in AGENTS:
+        raise ValueError(f"Unknown agent {name!r}; expected one of {sorted(AGENTS)}.")
+    return AGENTS[name]

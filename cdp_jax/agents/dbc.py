@@ -1,0 +1,168 @@
+"""Diffusion behaviour cloning (DBC / Diffusion Policy, Chi et al. 2023): imitation learning.
+
+The actor denoises an action chunk ``(action_horizon, action_dim)`` conditioned on the last
+``obs_horizon`` observations; at run time the first ``n_action`` actions of each sampled chunk are
+executed before sampling again (receding horizon). The loss is
+
+    L = L_denoise(x0 | eps | v prediction) + L_contraction,
+
+``L_contraction`` being :func:`cdp_jax.contraction.contraction_regulariser` on the same noisy
+chunks (exactly 0, and not computed, with weight 0: plain DBC). The EMA of the parameters (every
+step, as the official IL code) is the policy that acts.
+
+Shapes: ``observations (B, obs_horizon, obs_dim)``, ``actions (B, action_horizon, action_dim)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from cdp_jax import contraction, diffusion, networks, samplers
+from cdp_jax.agents.common import (
+    check_choice,
+    check_positive,
+    ema_update,
+    make_optimizer,
+    make_schedule,
+)
+
+
+class DBCState(struct.PyTreeNode):
+    """The whole agent state; ``config`` and dimensions are static."""
+
+    params: dict
+    ema_params: dict
+    opt_state: optax.OptState
+    step: jax.Array  # int32 scalar
+    config: DBCConfig = struct.field(pytree_node=False)
+    obs_dim: int = struct.field(pytree_node=False)
+    action_dim: int = struct.field(pytree_node=False)
+
+
+def _actor(config: DBCConfig):
+    return networks.make_actor(config.actor_network, config.hidden_dim, config.depth,
+                               config.time_dim, config.activation)
+
+
+def _optimizer(config: DBCConfig):
+    return make_optimizer(config.lr, config.lr_decay_steps, config.weight_decay,
+                          config.max_grad_norm)
+
+
+def init(key: jax.Array, config: DBCConfig, obs_dim: int, action_dim: int) -> DBCState:
+    """Fresh parameters, optimiser state and step 0."""
+    config.validate()
+    x = jnp.zeros((1, config.action_horizon, action_dim))
+    obs = jnp.zeros((1, config.obs_horizon, obs_dim))
+    params = _actor(config).init(key, x, jnp.zeros((1,), jnp.int32), obs)
+    return DBCState(params=params, ema_params=params, opt_state=_optimizer(config).init(params),
+                    step=jnp.zeros((), jnp.int32), config=config, obs_dim=obs_dim,
+                    action_dim=action_dim)
+
+
+def loss_fn(params, state: DBCState, batch: dict, key: jax.Array):
+    """Denoising loss plus contraction penalty. Returns ``(loss, metrics)``."""
+    config = state.config
+    schedule = make_schedule(config.schedule, config.diffusion_steps)
+    actor = _actor(config)
+    denoiser = lambda x, t, c: actor.apply(params, x, t, c)
+    key_bc, key_reg = jax.random.split(key)
+    obs, actions = batch["observations"], batch["actions"]
+    bc_loss, aux = diffusion.denoising_loss(denoiser, schedule, actions, obs, key_bc,
+                                            prediction=config.prediction)
+    reg, reg_metrics = contraction.contraction_regulariser(
+        config.contraction, denoiser, schedule, aux["x_t"], aux["t"], obs, key_reg,
+        prediction=config.prediction)
+    loss = bc_loss + reg
+    return loss, {"actor/loss": loss, "actor/bc_loss": bc_loss, "actor/contraction_loss": reg,
+                  **reg_metrics}
+
+
+def update(state: DBCState, batch: dict, key: jax.Array) -> tuple[DBCState, dict]:
+    """One AdamW step and an EMA update (a copy before ``ema_start``)."""
+    config = state.config
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, key)
+    updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = ema_update(state.ema_params, params, config.ema_decay)
+    ema = jax.tree.map(lambda p, e: jnp.where(state.step < config.ema_start, p, e), params, ema)
+    return state.replace(params=params, ema_params=ema, opt_state=opt_state,
+                         step=state.step + 1), metrics
+
+
+def act(state: DBCState, obs: jax.Array, key: jax.Array) -> jax.Array:
+    """Action chunks ``(B, action_horizon, action_dim)`` for ``obs (B, obs_horizon, obs_dim)``.
+
+    The caller executes the first ``config.n_action`` of each chunk (see
+    :func:`cdp_jax.evaluation.evaluate`).
+    """
+    config = state.config
+    schedule = make_schedule(config.schedule, config.diffusion_steps)
+    actor = _actor(config)
+    denoiser = lambda x, t, c: actor.apply(state.ema_params, x, t, c)
+    shape = (obs.shape[0], config.action_horizon, state.action_dim)
+    a = samplers.sample(denoiser, schedule, key, shape, cond=obs, method=config.sampler,
+                        steps=config.sampler_steps, prediction=config.prediction,
+                        clip_x0=(-1.0, 1.0), temperature=config.noise_temperature)
+    return jnp.clip(a, -1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class DBCConfig:
+    """Hyperparameters (defaults: the official CDP imitation-learning setting, REFERENCE.md)."""
+
+    obs_horizon: int = 2
+    action_horizon: int = 1
+    n_action: int = 1  # actions executed per sampled chunk (receding horizon)
+    actor_network: str = "lnresnet"
+    hidden_dim: int = 512
+    depth: int = 3
+    time_dim: int = 128
+    activation: str = "gelu"
+    schedule: str = "cosine"
+    diffusion_steps: int = 50
+    prediction: str = "x0"
+    sampler: str = "dpm_solver_pp_2m"
+    sampler_steps: int = 50
+    noise_temperature: float = 1.0
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    lr_decay_steps: int | None = None
+    max_grad_norm: float | None = None
+    ema_decay: float = 0.995
+    ema_start: int = 0
+    contraction: contraction.ContractionConfig = contraction.ContractionConfig()
+
+    def validate(self) -> DBCConfig:
+        check_choice("actor_network", self.actor_network, tuple(networks.ACTORS))
+        check_choice("activation", self.activation, tuple(networks.ACTIVATIONS))
+        check_choice("schedule", self.schedule, ("cosine", "linear"))
+        check_choice("prediction", self.prediction, diffusion.PREDICTIONS)
+        check_choice("sampler", self.sampler, tuple(samplers.SAMPLERS))
+        for name in ("obs_horizon", "action_horizon", "n_action", "hidden_dim", "depth",
+                     "time_dim", "diffusion_steps", "sampler_steps", "lr"):
+            check_positive(name, getattr(self, name))
+        for name in ("weight_decay", "ema_decay", "ema_start", "noise_temperature"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if self.n_action > self.action_horizon:
+            raise ValueError(f"n_action={self.n_action} exceeds action_horizon="
+                             f"{self.action_horizon}: cannot execute more actions than predicted.")
+        if self.sampler_steps > self.diffusion_steps:
+            raise ValueError(f"sampler_steps={self.sampler_steps} exceeds diffusion_steps="
+                             f"{self.diffusion_steps}.")
+        if self.contraction.weight < 0:
+            raise ValueError(f"contraction.weight must be >= 0, got {self.contraction.weight}.")
+        return self
+
+
+def default_config(**overrides) -> DBCConfig:
+    """The official IL setting with ``overrides`` applied and validated."""
+    return dataclasses.replace(DBCConfig(), **overrides).validate()
