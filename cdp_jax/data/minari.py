@@ -1,0 +1,241 @@
+"""Load any Minari dataset id into an :class:`OfflineDataset` of float32 arrays.
+
+Works for local ids (built by ``experiments/make_dataset.py``, e.g. ``cdp/pointmaze/umaze-v0``) and
+remote ids once downloaded (``minari download D4RL/pointmaze/umaze-v2``). Dict observations are
+flattened in a recorded key order (:func:`cdp_jax.data.dataset.default_obs_keys` unless given), and
+the same order flattens a (vector) environment's observations at evaluation time through
+:func:`flatten_observation`.
+
+A missing dataset raises :class:`DatasetNotFoundError` naming the command that gets it; an
+unreadable one raises :class:`DatasetCorruptError` naming the path to delete; neither surfaces an
+h5py traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from cdp_jax.data.dataset import (
+    DatasetCorruptError,
+    DatasetNotFoundError,
+    ObservationKeyError,
+    OfflineDataset,
+    concat_episodes,
+    default_obs_keys,
+    flatten_observation,
+    leaf_keys,
+    select_episodes,
+    windows,
+)
+from cdp_jax.data.normalization import Normalizer, fit_normalizers
+
+__all__ = [
+    "DatasetCorruptError",
+    "DatasetNotFoundError",
+    "Normalizer",
+    "ObservationKeyError",
+    "OfflineDataset",
+    "dataset_path",
+    "fit_normalizers",
+    "flatten_observation",
+    "load",
+    "make_env",
+    "normalized_score",
+    "windows",
+]
+
+# Local ids this project builds, and the command that builds each (named in "not found" errors).
+LOCAL_BUILDERS = {
+    "cdp/pointmaze/umaze-v0": "python experiments/make_dataset.py pointmaze --maze umaze",
+    "cdp/pointmaze/medium-v0": "python experiments/make_dataset.py pointmaze --maze medium",
+    "cdp/pointmaze/large-v0": "python experiments/make_dataset.py pointmaze --maze large",
+}
+GENERIC_BUILDER = (
+    "python experiments/make_dataset.py pointmaze --maze umaze --dataset-id <id>  (or: "
+    "python experiments/make_dataset.py random --env-id <gymnasium id> --dataset-id <id>)"
+)
+
+
+def dataset_path(dataset_id: str):
+    """Where Minari keeps ``dataset_id`` (``$MINARI_DATASETS_PATH/<id>``, default
+    ``~/.minari/datasets``)."""
+    from minari.storage import get_dataset_path
+
+    return get_dataset_path(dataset_id)
+
+
+def _not_found_message(dataset_id: str) -> str:
+    builder = LOCAL_BUILDERS.get(dataset_id, GENERIC_BUILDER.replace("<id>", dataset_id))
+    return (
+        f"Minari dataset {dataset_id!r} not found at {dataset_path(dataset_id)} "
+        f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '<unset>')}).\n"
+        f"  remote dataset: run `minari download {dataset_id}`\n"
+        f"  local dataset:  build it with `{builder}`"
+    )
+
+
+def _open(dataset_id: str):
+    """``minari.MinariDataset`` for an id, with our errors instead of Minari's / h5py's."""
+    import minari
+
+    if not isinstance(dataset_id, str) or not dataset_id:
+        raise ValueError(f"dataset_id must be a non-empty string, got {dataset_id!r}")
+    if not os.path.isdir(os.path.join(dataset_path(dataset_id), "data")):
+        raise DatasetNotFoundError(_not_found_message(dataset_id))
+    try:
+        return minari.load_dataset(dataset_id)
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(_not_found_message(dataset_id)) from e
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        raise DatasetCorruptError(_corrupt_message(dataset_id, e)) from e
+
+
+def _corrupt_message(dataset_id: str, error: Exception) -> str:
+    builder = LOCAL_BUILDERS.get(dataset_id)
+    how = f"`{builder} --overwrite`" if builder else f"`minari download --force {dataset_id}`"
+    return (
+        f"Minari dataset {dataset_id!r} at {dataset_path(dataset_id)} is unreadable (corrupt or "
+        f"truncated file: {type(error).__name__}: {error}). Delete that directory and get it again "
+        f"with {how}."
+    )
+
+
+def load(
+    dataset_id: str,
+    *,
+    fraction: float | None = None,
+    num_episodes: int | None = None,
+    seed: int = 0,
+    obs_keys: Sequence[str] | None = None,
+) -> OfflineDataset:
+    """Load a Minari dataset as transitions of whole episodes.
+
+    Args:
+        dataset_id: any Minari id present under ``MINARI_DATASETS_PATH``.
+        fraction: keep this fraction of the episodes, in ``(0, 1]``; whole episodes, drawn by
+        ``seed``. num_episodes: keep this many whole episodes instead (at most one of the two).
+        seed: which episodes a fraction / count keeps (same seed, same episodes).
+        obs_keys: flattening order for dict observations (``/`` joins nested keys); None uses
+            :func:`cdp_jax.data.dataset.default_obs_keys` (``observation`` then ``desired_goal``
+            for goal-conditioned envs). Ignored (must be None or empty) for Box observations.
+
+    Returns:
+        An :class:`OfflineDataset`; ``episode_ids`` are Minari's episode ids.
+
+    Raises:
+        DatasetNotFoundError: the id is not downloaded / built (the message says how to get it).
+        DatasetCorruptError: the files exist but cannot be read.
+        ValueError: bad ``fraction`` / ``num_episodes``.
+        ObservationKeyError (a KeyError): an ``obs_keys`` entry is not in the observations.
+    """
+    ds = _open(dataset_id)
+    all_ids = np.asarray(ds.episode_indices)
+    keep = all_ids[select_episodes(all_ids.size, fraction=fraction, num_episodes=num_episodes,
+                                   seed=seed)]
+    episodes, keys = [], None
+    try:
+        for ep in ds.storage.get_episodes(keep):
+            if keys is None:
+                keys = _resolve_obs_keys(ep["observations"], obs_keys)
+            episodes.append({
+                "obs": flatten_observation(ep["observations"], keys).reshape(
+                    len(ep["rewards"]) + 1, -1),
+                "actions": ep["actions"],
+                "rewards": ep["rewards"],
+                "terminals": ep["terminations"],
+                "timeouts": ep["truncations"],
+                "id": ep["id"],
+            })
+    except ObservationKeyError:
+        raise
+    except (OSError, KeyError, ValueError, AssertionError) as e:
+        raise DatasetCorruptError(_corrupt_message(dataset_id, e)) from e
+    metadata = ds.storage.metadata
+    return concat_episodes(
+        episodes,
+        dataset_id=dataset_id,
+        obs_keys=tuple(keys),
+        ref_min_score=_maybe_float(metadata.get("ref_min_score")),
+        ref_max_score=_maybe_float(metadata.get("ref_max_score")),
+        eval_env_spec=metadata.get("eval_env_spec") or metadata.get("env_spec"),
+    )
+
+
+def _resolve_obs_keys(obs, obs_keys: Sequence[str] | None) -> tuple[str, ...]:
+    if obs_keys is None:
+        return default_obs_keys(obs)
+    obs_keys = tuple(obs_keys)
+    if not isinstance(obs, dict):
+        if obs_keys:
+            raise ObservationKeyError(
+                f"observation key {obs_keys[0]!r} not found: this dataset has Box observations "
+                "(pass obs_keys=None)"
+            )
+        return ()
+    missing = [k for k in obs_keys if k not in leaf_keys(obs) and not any(
+        leaf.startswith(k + "/") for leaf in leaf_keys(obs))]
+    if missing:
+        raise ObservationKeyError(
+            f"observation key {missing[0]!r} not found; available keys: {leaf_keys(obs)}"
+        )
+    # A key naming a sub-dict stands for all its leaves, in the dict's order.
+    return tuple(leaf for k in obs_keys for leaf in leaf_keys(obs)
+                 if leaf == k or leaf.startswith(k + "/"))
+
+
+def _maybe_float(x) -> float | None:
+    return None if x is None else float(x)
+
+
+def normalized_score(dataset: OfflineDataset, returns) -> np.ndarray:
+    """D4RL normalised score ``100 * (R - ref_min) / (ref_max - ref_min)`` of episode returns ``R``.
+
+    Note Minari's ``get_normalized_score`` returns the same without the factor 100.
+    """
+    if dataset.ref_min_score is None or dataset.ref_max_score is None:
+        raise ValueError(
+            f"dataset {dataset.dataset_id!r} records no ref_min_score / ref_max_score, so it "
+            "has no normalised score"
+        )
+    returns = np.asarray(returns, dtype=np.float64)
+    lo, hi = dataset.ref_min_score, dataset.ref_max_score
+    return 100.0 * (returns - lo) / (hi - lo)
+
+
+def make_env(dataset: OfflineDataset, eval_env: bool = True, num_envs: int | None = None, **kwargs):
+    """The environment recorded with the dataset (the evaluation env by default).
+
+    Args:
+        dataset: a loaded :class:`OfflineDataset`.
+        eval_env: the evaluation env (``eval_env_spec``) if True, else the collection env.
+        num_envs: if given, a ``gymnasium`` vector env (``gym.make_vec``, sync) of that many copies;
+            flatten its dict observations with ``flatten_observation(obs, dataset.obs_keys)``.
+        **kwargs: overrides passed to ``gym.make`` / ``gym.make_vec``.
+    """
+    import gymnasium as gym
+
+    _register_robotics()
+    if eval_env and dataset.eval_env_spec is not None:
+        spec = gym.envs.registration.EnvSpec.from_json(dataset.eval_env_spec)
+    else:
+        ds = _open(dataset.dataset_id)
+        spec = ds.env_spec
+        if spec is None:
+            raise ValueError(f"dataset {dataset.dataset_id!r} records no environment spec")
+    if num_envs is None:
+        return gym.make(spec, **kwargs)
+    return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="sync", **kwargs)
+
+
+def _register_robotics() -> None:
+    """Register gymnasium-robotics envs (PointMaze, AntMaze, Kitchen, ...) when it is installed."""
+    try:
+        import gymnasium as gym
+        import gymnasium_robotics
+    except ImportError:
+        return
+    gym.register_envs(gymnasium_robotics)
