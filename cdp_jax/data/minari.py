@@ -54,10 +54,7 @@ LOCAL_BUILDERS = {
     "cdp/pointmaze/medium-v0": "python experiments/make_dataset.py pointmaze --maze medium",
     "cdp/pointmaze/large-v0": "python experiments/make_dataset.py pointmaze --maze large",
 }
-GENERIC_BUILDER = (
-    "python experiments/make_dataset.py pointmaze --maze umaze --dataset-id <id>  (or: "
-    "python experiments/make_dataset.py random --env-id <gymnasium id> --dataset-id <id>)"
-)
+QUICKSTART_BUILDER = LOCAL_BUILDERS["cdp/pointmaze/umaze-v0"]
 
 
 def dataset_path(dataset_id: str):
@@ -69,12 +66,17 @@ def dataset_path(dataset_id: str):
 
 
 def _not_found_message(dataset_id: str) -> str:
-    builder = LOCAL_BUILDERS.get(dataset_id, GENERIC_BUILDER.replace("<id>", dataset_id))
-    return (
+    where = (
         f"Minari dataset {dataset_id!r} not found at {dataset_path(dataset_id)} "
-        f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '<unset>')}).\n"
+        f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '<unset>')})."
+    )
+    if dataset_id in LOCAL_BUILDERS:
+        return f"{where}\n  it is built locally: run `{LOCAL_BUILDERS[dataset_id]}`"
+    return (
+        f"{where}\n"
         f"  remote dataset: run `minari download {dataset_id}`\n"
-        f"  local dataset:  build it with `{builder}`"
+        f"  or build a local one: `{QUICKSTART_BUILDER}` (id cdp/pointmaze/umaze-v0), or "
+        "`python experiments/make_dataset.py random --env-id <gymnasium id> --dataset-id <id>`"
     )
 
 
@@ -96,7 +98,12 @@ def _open(dataset_id: str):
 
 def _corrupt_message(dataset_id: str, error: Exception) -> str:
     builder = LOCAL_BUILDERS.get(dataset_id)
-    how = f"`{builder} --overwrite`" if builder else f"`minari download --force {dataset_id}`"
+    if builder:
+        how = f"`{builder} --overwrite`"
+    elif dataset_id.startswith("cdp/"):
+        how = "`python experiments/make_dataset.py ... --overwrite` (the command that built it)"
+    else:
+        how = f"`minari download --force {dataset_id}`"
     return (
         f"Minari dataset {dataset_id!r} at {dataset_path(dataset_id)} is unreadable (corrupt or "
         f"truncated file: {type(error).__name__}: {error}). Delete that directory and get it again "

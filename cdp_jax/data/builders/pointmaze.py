@@ -28,7 +28,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cdp_jax.data.builders.writer import directory_size, episode_buffer, write_dataset
+from cdp_jax.data.builders.writer import (
+    check_target,
+    directory_size,
+    episode_buffer,
+    write_dataset,
+)
 
 MAZES = {"umaze": "UMaze", "open": "Open", "medium": "Medium", "large": "Large"}
 REWARD_TYPES = ("sparse", "dense")
@@ -249,6 +254,8 @@ def build(
     start = time.perf_counter()
     if dataset_id is None:
         dataset_id = f"cdp/pointmaze/{maze}{'-dense' if reward_type == 'dense' else ''}-v0"
+    env_id(maze, reward_type)  # validates maze / reward_type before any work
+    check_target(dataset_id, overwrite)
     env, episodes, stats = collect(
         maze, num_steps, seed, action_noise=action_noise, max_episode_steps=max_episode_steps,
         reward_type=reward_type, progress=progress,

@@ -14,7 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cdp_jax.data.builders.writer import directory_size, episode_buffer, write_dataset
+from cdp_jax.data.builders.writer import (
+    check_target,
+    directory_size,
+    episode_buffer,
+    write_dataset,
+)
 
 
 def _stack(items: list):
@@ -88,6 +93,7 @@ def build(
     start = time.perf_counter()
     if dataset_id is None:
         dataset_id = f"cdp/{env_id.split('-v')[0].lower()}/random-v0"
+    check_target(dataset_id, overwrite)
     env, episodes = collect(env_id, num_steps, seed, max_episode_steps=max_episode_steps,
                             env_kwargs=env_kwargs, progress=progress)
     path = write_dataset(

@@ -62,6 +62,30 @@ def episode_buffer(
     )
 
 
+def check_target(dataset_id: str, overwrite: bool) -> Path:
+    """Validate ``dataset_id`` and that it may be written; return its final path.
+
+    Builders call this before collecting, so a clash fails in a second, not after the whole build.
+    """
+    from minari.dataset.minari_dataset import parse_dataset_id
+    from minari.storage import get_dataset_path
+
+    try:
+        parse_dataset_id(dataset_id)
+    except (ValueError, TypeError) as e:  # Minari raises TypeError when the version is missing
+        raise ValueError(
+            f"dataset_id {dataset_id!r} is malformed: Minari ids look like "
+            "'namespace/name-v<version>', e.g. 'cdp/pointmaze/umaze-v0'"
+        ) from e
+    final = Path(get_dataset_path()) / dataset_id
+    if final.exists() and not overwrite:
+        raise FileExistsError(
+            f"dataset {dataset_id!r} already exists at {final}; pass overwrite=True "
+            "(CLI: --overwrite)"
+        )
+    return final
+
+
 def write_dataset(
     dataset_id: str,
     episodes: Sequence,
@@ -92,16 +116,11 @@ def write_dataset(
     from minari.dataset.minari_dataset import parse_dataset_id
     from minari.storage import get_dataset_path
 
-    namespace, _, _ = parse_dataset_id(dataset_id)  # raises on a malformed id
     if (ref_min_score is None) != (ref_max_score is None):
         raise ValueError("pass both ref_min_score and ref_max_score, or neither")
+    final = check_target(dataset_id, overwrite)
+    namespace, _, _ = parse_dataset_id(dataset_id)
     root = Path(get_dataset_path())
-    final = root / dataset_id
-    if final.exists() and not overwrite:
-        raise FileExistsError(
-            f"dataset {dataset_id!r} already exists at {final}; pass overwrite=True "
-            "(CLI: --overwrite)"
-        )
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
     try:
         with _datasets_root(scratch), warnings.catch_warnings():
