@@ -144,7 +144,7 @@ def gaussian_denoiser(mean, std, schedule: Schedule, prediction: str = "eps"):
     ``mean`` and ``std`` have the event shape; the returned callable ignores ``cond``.
     """
     check_prediction(prediction)
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
+    mean, std = jnp.asarray(mean)[None], jnp.asarray(std)[None]  # leading batch axis
 
     def denoiser(x, t, cond=None):
         alpha, sigma = expand_to(schedule.alpha(t), x), expand_to(schedule.sigma(t), x)
