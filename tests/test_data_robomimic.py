@@ -51,7 +51,7 @@ def test_reads_demos_as_transitions(tmp_path):
     np.testing.assert_array_equal(d.terminals[ends], [1, 1, 0])
     np.testing.assert_array_equal(d.timeouts[ends], [0, 0, 1])
     assert d.terminals.sum() + d.timeouts.sum() == 3
-    assert json.loads(d.eval_env_spec)["env_name"] == "Lift"
+    assert d.extras["env_args"]["env_name"] == "Lift" and d.eval_env_spec is None
 
 
 def test_windows_and_subsets(tmp_path):

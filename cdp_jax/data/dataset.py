@@ -70,6 +70,7 @@ class OfflineDataset:
         ref_min_score, ref_max_score: reference returns for normalised scores, or None.
         eval_env_spec: the evaluation environment's ``EnvSpec`` as JSON (gymnasium's
             ``to_json``), or None when the source records none.
+        extras: other source metadata (robomimic: ``{"env_args": {...}}``), JSON-serialisable.
     """
 
     observations: np.ndarray
@@ -85,6 +86,7 @@ class OfflineDataset:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     eval_env_spec: str | None = None
+    extras: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])

@@ -228,6 +228,11 @@ def make_env(dataset: OfflineDataset, eval_env: bool = True, num_envs: int | Non
     _register_robotics()
     if eval_env and dataset.eval_env_spec is not None:
         spec = gym.envs.registration.EnvSpec.from_json(dataset.eval_env_spec)
+    elif "env_args" in dataset.extras:
+        raise ValueError(
+            f"dataset {dataset.dataset_id!r} is a robomimic file: its environment is a robosuite "
+            "env (see dataset.extras['env_args']), which gymnasium cannot make"
+        )
     else:
         ds = _open(dataset.dataset_id)
         spec = ds.env_spec

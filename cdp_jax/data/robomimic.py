@@ -98,13 +98,13 @@ def load(
         raise DatasetCorruptError(
             f"robomimic file {path} is unreadable (corrupt or truncated: {type(e).__name__}: {e})"
         ) from e
-    spec = None
+    extras = {}
     if env_args is not None:
-        try:
-            spec = json.dumps(json.loads(env_args))
+        try:  # robosuite's env description, not a gymnasium EnvSpec
+            extras["env_args"] = json.loads(env_args)
         except (TypeError, ValueError):
-            spec = None
-    return concat_episodes(episodes, dataset_id=path, obs_keys=obs_keys, eval_env_spec=spec)
+            pass
+    return concat_episodes(episodes, dataset_id=path, obs_keys=obs_keys, extras=extras)
 
 
 def _read_demo(demo, name: str, obs_keys: tuple[str, ...]) -> dict:

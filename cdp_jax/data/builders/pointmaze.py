@@ -22,6 +22,7 @@ Everything is deterministic given ``seed``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,16 +62,18 @@ class WaypointController:
     def __init__(self, maze, kp: float = 10.0, kd: float = 1.0):
         self.maze = maze
         self.kp, self.kd = kp, kd
-        grid = np.asarray([[str(c) != "1" for c in row] for row in maze.maze_map])
-        self.free = grid
+        self.free = np.asarray([[str(c) != "1" for c in row] for row in maze.maze_map])
         self._distances: dict[tuple[int, int], np.ndarray] = {}
+        self._next_centre: dict[tuple[int, int], np.ndarray] = {}
 
     def cell(self, xy: np.ndarray) -> tuple[int, int]:
-        i, j = self.maze.cell_xy_to_rowcol(xy)
-        # Contact can push the ball a hair past a wall face; clamp to the nearest free cell's index.
-        i = int(np.clip(i, 0, self.free.shape[0] - 1))
-        j = int(np.clip(j, 0, self.free.shape[1] - 1))
-        return i, j
+        # maze.cell_xy_to_rowcol inlined: this runs twice per environment step.
+        scale = self.maze.maze_size_scaling
+        i = math.floor((self.maze.y_map_center - float(xy[1])) / scale)
+        j = math.floor((float(xy[0]) + self.maze.x_map_center) / scale)
+        # Contact can push the ball a hair past a wall face; clamp to valid indices.
+        rows, cols = self.free.shape
+        return min(max(i, 0), rows - 1), min(max(j, 0), cols - 1)
 
     def distances(self, goal_cell: tuple[int, int]) -> np.ndarray:
         """BFS steps from every cell to ``goal_cell`` (``inf`` for walls / unreachable cells)."""
@@ -89,24 +92,34 @@ class WaypointController:
             self._distances[goal_cell] = dist
         return self._distances[goal_cell]
 
+    def next_centres(self, goal_cell: tuple[int, int]) -> np.ndarray:
+        """``(rows, cols, 2)``: centre of the next cell towards ``goal_cell``; NaN where there is
+        none (the goal cell itself, walls, cells cut off from the goal)."""
+        if goal_cell not in self._next_centre:
+            dist = self.distances(goal_cell)
+            table = np.full(dist.shape + (2,), np.nan)
+            for i, j in zip(*np.nonzero(np.isfinite(dist) & (dist > 0)), strict=True):
+                # Ties go to the first neighbour in this fixed order, so the plan is deterministic.
+                for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                    n = (i + di, j + dj)
+                    if (0 <= n[0] < dist.shape[0] and 0 <= n[1] < dist.shape[1]
+                            and dist[n] == dist[i, j] - 1.0):
+                        table[i, j] = self.maze.cell_rowcol_to_xy(np.asarray(n))
+                        break
+            self._next_centre[goal_cell] = table
+        return self._next_centre[goal_cell]
+
     def waypoint(self, pos: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        here, goal_cell = self.cell(pos), self.cell(goal)
-        if here == goal_cell:
-            return goal
-        dist = self.distances(goal_cell)
-        best, best_d = here, dist[here]
-        for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            n = (here[0] + di, here[1] + dj)
-            if 0 <= n[0] < dist.shape[0] and 0 <= n[1] < dist.shape[1] and dist[n] < best_d:
-                best, best_d = n, dist[n]
-        if best == here:  # inside a wall cell (numerical contact overshoot): head for the goal
-            return goal
-        return self.maze.cell_rowcol_to_xy(np.asarray(best))
+        """Where to steer now: the next cell's centre, or ``goal`` once in the goal's cell."""
+        target = self.next_centres(self.cell(goal))[self.cell(pos)]
+        # NaN: in the goal cell (or pushed into a wall cell by contact): head for the goal itself.
+        return goal if target[0] != target[0] else target
 
     def __call__(self, obs: dict) -> np.ndarray:
         state = obs["observation"]
         target = self.waypoint(state[:2], obs["desired_goal"])
-        return np.clip(self.kp * (target - state[:2]) - self.kd * state[2:4], -1.0, 1.0)
+        action = self.kp * (target - state[:2]) - self.kd * state[2:4]
+        return np.minimum(np.maximum(action, -1.0), 1.0)  # np.clip's overhead dominates here
 
 
 def _new_goal(maze, rng: np.random.Generator, avoid: np.ndarray, noise: float) -> np.ndarray:
@@ -154,7 +167,7 @@ def collect(
         if ep is None:
             ep = {k: [obs[k]] for k in OBS_KEYS_ORDER} | {"act": [], "rew": [], "trunc": []}
         action = controller(obs) + action_noise * rng.standard_normal(2)
-        action = np.clip(action, -1.0, 1.0)
+        action = np.minimum(np.maximum(action, -1.0), 1.0)
         obs, reward, _, _, info = core.step(action)
         for k in OBS_KEYS_ORDER:
             ep[k].append(obs[k])
