@@ -25,7 +25,7 @@ import numpy as np
 NORMALIZER_KINDS = ("gaussian", "minmax")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Normalizer:
     """Feature-wise affine map ``x_norm = (x - shift) / scale``.
 
@@ -63,11 +63,14 @@ class Normalizer:
 
     def _expand(self, x):
         # Explicit reshape: the tests forbid implicit rank promotion of (dim,) against (B, dim).
-        shape = (1,) * (jnp.ndim(x) - 1) + (-1,)
-        return jnp.reshape(self.shift, shape), jnp.reshape(self.scale, shape)
+        # numpy in, numpy out: normalising a whole dataset on the host should not round-trip
+        # through the device; jax arrays and tracers take the jnp path.
+        xp = np if isinstance(x, np.ndarray) else jnp
+        shape = (1,) * (xp.ndim(x) - 1) + (-1,)
+        return xp.reshape(xp.asarray(self.shift), shape), xp.reshape(xp.asarray(self.scale), shape)
 
     def normalize(self, x):
-        """``(..., dim) -> (..., dim)``: ``(x - shift) / scale``."""
+        """``(..., dim) -> (..., dim)``: ``(x - shift) / scale``; numpy for numpy input."""
         shift, scale = self._expand(x)
         return (x - shift) / scale
 
