@@ -61,9 +61,12 @@ class OfflineDataset:
         actions: ``(N, act_dim)`` float32.
         rewards: ``(N,)`` float32.
         next_observations: ``(N, obs_dim)`` float32; equals ``observations[i + 1]`` within an
-        episode. terminals: ``(N,)`` float32 in {0, 1}; true termination (do not bootstrap).
+            episode.
+        terminals: ``(N,)`` float32 in {0, 1}; true termination (do not bootstrap).
         timeouts: ``(N,)`` float32 in {0, 1}; truncation (bootstrap), never set together with
-        terminals. episode_ids: ``(N,)`` int64, the source episode id of each row (non-decreasing).
+            terminals.
+        episode_ids: ``(N,)`` int64, the source episode id of each row; each episode's rows are
+            contiguous.
         dataset_id: the Minari id, or the file path for HDF5 readers.
         obs_keys: key order used to flatten dict observations; ``()`` for Box observations.
         num_episodes: number of episodes held.

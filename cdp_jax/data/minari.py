@@ -124,14 +124,16 @@ def load(
     Args:
         dataset_id: any Minari id present under ``MINARI_DATASETS_PATH``.
         fraction: keep this fraction of the episodes, in ``(0, 1]``; whole episodes, drawn by
-        ``seed``. num_episodes: keep this many whole episodes instead (at most one of the two).
+            ``seed``.
+        num_episodes: keep this many whole episodes instead (at most one of the two).
         seed: which episodes a fraction / count keeps (same seed, same episodes).
         obs_keys: flattening order for dict observations (``/`` joins nested keys); None uses
             :func:`cdp_jax.data.dataset.default_obs_keys` (``observation`` then ``desired_goal``
             for goal-conditioned envs). Ignored (must be None or empty) for Box observations.
 
     Returns:
-        An :class:`OfflineDataset`; ``episode_ids`` are Minari's episode ids.
+        An :class:`OfflineDataset`; ``episode_ids`` are Minari's episode ids. Discrete actions
+        become ``(N, 1)`` float indices.
 
     Raises:
         DatasetNotFoundError: the id is not downloaded / built (the message says how to get it).

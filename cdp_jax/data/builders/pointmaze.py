@@ -257,7 +257,8 @@ def build(
         max_episode_steps: an episode is cut after this many steps without reaching its goal.
         reward_type: ``sparse`` or ``dense`` (the env's reward, also that of the evaluation env).
         num_reference_episodes: evaluation episodes for each of ``ref_min_score`` /
-        ``ref_max_score``. overwrite: replace an existing dataset with this id.
+            ``ref_max_score``.
+        overwrite: replace an existing dataset with this id.
         progress: called with the number of new steps, every 1000 steps.
 
     Returns:

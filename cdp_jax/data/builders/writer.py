@@ -107,7 +107,8 @@ def write_dataset(
         dataset_id: ``(namespace/)name-v<version>``, Minari's id syntax.
         episodes: episode buffers, ids ``0..E-1`` in order.
         env: the collection env (``gym.Env``, id or ``EnvSpec``): recorded as the dataset's env
-        spec. eval_env: the evaluation env (id, ``EnvSpec`` or env); defaults to ``env``.
+            spec.
+        eval_env: the evaluation env (id, ``EnvSpec`` or env); defaults to ``env``.
         ref_min_score, ref_max_score: reference returns (both or neither) for normalised scores.
         overwrite: replace an existing dataset with that id (the old one is removed only after the
             new one is complete).
