@@ -34,8 +34,10 @@ def make_vector_env(make_env: Callable[[], gym.Env], num_envs: int, mode: str = 
         raise ValueError(f"Unknown vector env mode {mode!r}; expected one of {VECTOR_MODES}.")
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
-    cls = gym.vector.SyncVectorEnv if mode == "sync" else gym.vector.AsyncVectorEnv
-    return cls([make_env] * num_envs)
+    if mode == "sync":
+        return gym.vector.SyncVectorEnv([make_env] * num_envs)
+    # fork() in a process running JAX's thread pools can deadlock: start workers by spawn.
+    return gym.vector.AsyncVectorEnv([make_env] * num_envs, context="spawn")
 
 
 def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, num_episodes: int,

@@ -77,6 +77,57 @@ def field_types(cls) -> dict:
     out = {}
     for name, hint in typing.get_type_hints(cls).items():
         if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+            args = tuple(a for a in typing.get_args(hint) if a is not type(None))
+            hint = args[0] if len(args) == 1 else typing.Union[args]  # noqa: UP007
         out[name] = hint
     return out
+
+
+def parse_field_value(cls, name: str, text: str):
+    """Parse ``text`` as the value of field ``name`` of config class ``cls`` (``none`` -> None)."""
+    types_ = field_types(cls)
+    if name not in types_:
+        raise ValueError(f"Unknown {cls.__name__} field {name!r}; accepted: {sorted(types_)}.")
+    kind = types_[name]
+    if text.lower() == "none":
+        return None
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"Invalid {name}={text!r}; expected true or false.")
+        return text.lower() in ("true", "1")
+    if kind in (int, float, str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"Invalid {name}={text!r}; expected a {kind.__name__}.") from None
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        for option in typing.get_args(kind):  # e.g. int | float: the first that parses
+            try:
+                return option(text)
+            except (TypeError, ValueError):
+                continue
+    raise ValueError(f"Cannot parse {name}={text!r} as {kind}.")
+
+
+def apply_overrides(config, assignments):
+    """``config`` with ``"field=value"`` / ``"nested.field=value"`` assignments applied.
+
+    Example: ``apply_overrides(cfg, ["eta=2.0", "contraction.weight=0.1"])``. Unknown fields and
+    unparsable values raise ``ValueError`` naming the field.
+    """
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ValueError(f"Override {assignment!r} must look like field=value.")
+        path, text = assignment.split("=", 1)
+        config = _replace_path(config, path.strip().split("."), text.strip())
+    return config
+
+
+def _replace_path(config, path, text):
+    name = path[0]
+    if len(path) == 1:
+        return dataclasses.replace(config, **{name: parse_field_value(type(config), name, text)})
+    if not hasattr(config, name) or not dataclasses.is_dataclass(getattr(config, name)):
+        raise ValueError(f"{type(config).__name__} has no nested config {name!r}.")
+    return dataclasses.replace(config, **{name: _replace_path(getattr(config, name), path[1:],
+                                                              text)})

@@ -1,0 +1,156 @@
+"""Agents: weight 0 is exactly the vanilla algorithm; losses fall; DBC finds the modes; configs."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cdp_jax import contraction
+from cdp_jax.agents import dbc, dql
+
+TINY_DQL = dict(actor_hidden_dim=32, critic_hidden_dim=32, time_dim=16, diffusion_steps=10,
+                sampler_steps=3, ema_start=0)
+TINY_DBC = dict(hidden_dim=32, depth=2, time_dim=16, diffusion_steps=10, sampler_steps=5,
+                obs_horizon=2, action_horizon=3, n_action=2)
+
+
+def _rl_batch(key, batch=64, obs_dim=4, act_dim=2):
+    k1, k2 = jax.random.split(key)
+    obs = jax.random.normal(k1, (batch, obs_dim))
+    actions = jnp.tanh(obs[:, :act_dim] + 0.1 * jax.random.normal(k2, (batch, act_dim)))
+    return {"observations": obs, "actions": actions, "rewards": -jnp.sum(actions**2, axis=1),
+            "next_observations": obs[::-1], "terminals": jnp.zeros((batch,))}
+
+
+def _tree_equal(a, b):
+    return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                           strict=True))
+
+
+def _absent(*args, **kwargs):
+    """The regulariser removed altogether: the vanilla algorithm."""
+    return 0.0, {}
+
+
+@pytest.mark.parametrize("agent,overrides,make_batch", [
+    (dql, TINY_DQL, lambda k: _rl_batch(k)),
+    (dbc, TINY_DBC, lambda k: {"observations": jax.random.normal(k, (32, 2, 4)),
+                               "actions": jnp.tanh(jax.random.normal(k, (32, 3, 2)))}),
+])
+def test_weight_zero_is_exactly_vanilla(monkeypatch, agent, overrides, make_batch):
+    key = jax.random.PRNGKey(0)
+    config = agent.default_config(**overrides)
+    state = agent.init(key, config, 4, 2)
+    batch = make_batch(jax.random.PRNGKey(1))
+    s_zero, m_zero = jax.jit(agent.update)(state, batch, key)
+
+    with monkeypatch.context() as m:
+        m.setattr(contraction, "contraction_regulariser", _absent)
+        s_vanilla, m_vanilla = jax.jit(agent.update)(state, batch, key)
+    assert _tree_equal(s_zero, s_vanilla)
+    assert m_zero["actor/loss"] == m_vanilla["actor/loss"]
+    assert float(m_zero["actor/contraction_loss"]) == 0.0
+
+    penalised = dataclasses.replace(
+        config, contraction=contraction.ContractionConfig(weight=1.0, window=1.0))
+    s_pen, m_pen = jax.jit(agent.update)(state.replace(config=penalised), batch, key)
+    assert float(m_pen["actor/contraction_loss"]) > 0.0
+    assert not _tree_equal(s_pen.replace(config=config), s_zero)
+
+
+def test_dql_update_shapes_and_losses_fall():
+    key = jax.random.PRNGKey(0)
+    config = dql.default_config(**TINY_DQL)
+    state = dql.init(key, config, 4, 2)
+    batch = _rl_batch(jax.random.PRNGKey(1), batch=128)
+
+    def chunk(state, key):
+        return jax.lax.scan(lambda s, k: dql.update(s, batch, k), state, jax.random.split(key, 150))
+
+    state, metrics = jax.jit(chunk)(state, key)
+    assert int(state.step) == 150
+    bc = np.asarray(metrics["actor/bc_loss"])
+    assert bc[-20:].mean() < 0.7 * bc[:20].mean()
+    assert np.all(np.isfinite(np.asarray(metrics["critic/loss"])))
+    actions = jax.jit(dql.act)(state, batch["observations"][:5], key)
+    chex.assert_shape(actions, (5, 2))
+    assert float(jnp.abs(actions).max()) <= 1.0
+
+
+def test_dql_candidate_resampling_picks_high_q():
+    key = jax.random.PRNGKey(0)
+    config = dql.default_config(**TINY_DQL, num_candidates=16, candidate_temperature=1e4)
+    state = dql.init(key, config, 4, 2)
+    obs = jax.random.normal(key, (3, 4))
+    chosen = jax.jit(dql.act)(state, obs, key)
+    chex.assert_shape(chosen, (3, 2))
+    # with a huge temperature the pick is the argmax of min-Q among the same candidates
+    cands = dql.sample_actions(config, state.ema_params, jnp.repeat(obs, 16, axis=0),
+                               jax.random.split(key)[0], 2, temperature=1.0)
+    q = dql._critic(config).apply(state.target_critic_params, jnp.repeat(obs, 16, axis=0),
+                                  cands).min(0).reshape(3, 16)
+    best = cands.reshape(3, 16, 2)[jnp.arange(3), jnp.argmax(q, axis=1)]
+    np.testing.assert_allclose(chosen, best, atol=1e-6)
+
+
+def test_dbc_puts_samples_near_the_modes():
+    """2-D toy: actions are one of two modes; after training, samples sit near a mode."""
+    modes = jnp.array([[0.5, 0.5], [-0.5, -0.5]])
+    config = dbc.default_config(hidden_dim=64, depth=2, time_dim=16, diffusion_steps=20,
+                                sampler_steps=20, obs_horizon=1, action_horizon=1, n_action=1,
+                                lr=3e-3, ema_decay=0.9)
+    key = jax.random.PRNGKey(0)
+    state = dbc.init(key, config, 1, 2)
+
+    def step(state, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        which = jax.random.bernoulli(k1, 0.5, (256,)).astype(jnp.int32)
+        actions = modes[which] + 0.02 * jax.random.normal(k2, (256, 2))
+        batch = {"observations": jnp.zeros((256, 1, 1)), "actions": actions[:, None, :]}
+        return dbc.update(state, batch, k3)
+
+    state, metrics = jax.jit(lambda s, k: jax.lax.scan(step, s, jax.random.split(k, 600)))(
+        state, key)
+    loss = np.asarray(metrics["actor/bc_loss"])
+    assert loss[-50:].mean() < 0.75 * loss[:50].mean()
+    samples = jax.jit(dbc.act)(state, jnp.zeros((200, 1, 1)), jax.random.PRNGKey(3))[:, 0]
+    dist = jnp.min(jnp.linalg.norm(samples[:, None, :] - modes[None], axis=-1), axis=1)
+    assert float(jnp.mean(dist < 0.15)) > 0.9
+    sides = samples[:, 0] > 0
+    assert 0.2 < float(sides.mean()) < 0.8  # both modes, not their mean
+
+
+@pytest.mark.parametrize("agent,field,value,match", [
+    (dql, "sampler_steps", 60, "sampler_steps"),
+    (dql, "eta", -1.0, "eta"),
+    (dql, "sampler", "rk45", "sampler"),
+    (dql, "prediction", "score", "prediction"),
+    (dbc, "n_action", 5, "n_action"),
+    (dbc, "actor_network", "unet", "actor_network"),
+])
+def test_invalid_configs_name_the_field(agent, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        agent.default_config(**{field: value})
+
+
+def test_negative_contraction_weight_rejected():
+    with pytest.raises(ValueError, match="weight"):
+        contraction.ContractionConfig(weight=-0.1)
+
+
+def test_configs_are_hashable_and_json_round_trip():
+    from cdp_jax.agents import common
+
+    for cls in (dql.DQLConfig, dbc.DBCConfig):
+        config = cls(contraction=contraction.ContractionConfig(weight=0.5, num_penalised=0.2))
+        hash(config)
+        assert common.config_from_dict(cls, common.config_to_dict(config)) == config
+    cfg = common.apply_overrides(dql.DQLConfig(), ["eta=2", "contraction.window=1.0",
+                                                   "max_grad_norm=none", "action_approx=false"])
+    assert (cfg.eta, cfg.contraction.window, cfg.max_grad_norm, cfg.action_approx) == (
+        2.0, 1.0, None, False)
+    with pytest.raises(ValueError, match="foo"):
+        common.apply_overrides(dql.DQLConfig(), ["foo=1"])
