@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                 args.maze, args.num_steps, args.seed, args.dataset_id,
                 action_noise=args.action_noise, max_episode_steps=args.max_episode_steps,
                 reward_type=args.reward_type, num_reference_episodes=args.num_reference_episodes,
-                overwrite=args.overwrite, progress=bar.update,
+                overwrite=args.overwrite, progress=bar.update, stage=bar.set_postfix_str,
             )
         else:
             summary = random_policy.build(

@@ -274,3 +274,27 @@ def test_quickstart_build_under_a_minute(tmp_path, monkeypatch):
     assert summary["seconds"] < 60.0, summary
     assert summary["success_rate"] > 0.95
     assert len(dm.load("cdp/pointmaze/umaze-v0")) == summary["num_steps"]
+
+
+def test_dataset_from_minari_data_collector(minari_root):
+    """Datasets made by Minari's DataCollector (as the remote D4RL ones are) load the same way."""
+    import gymnasium as gym
+    import minari
+
+    env = minari.DataCollector(gym.make("CartPole-v1", max_episode_steps=20), record_infos=True)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(70):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    env.create_dataset("cdp/test/collector-v0", eval_env="CartPole-v1", algorithm_name="random",
+                       author="t", author_email="t", code_permalink="t", description="t")
+    d = dm.load("cdp/test/collector-v0")
+    raw = minari.load_dataset("cdp/test/collector-v0")
+    assert len(d) == raw.total_steps and d.num_episodes == raw.total_episodes
+    assert d.actions.shape == (len(d), 1) and d.obs_keys == ()
+    start, end = episode_bounds(d.episode_ids)
+    last = np.flatnonzero(np.arange(len(d)) == end)
+    assert np.all(d.terminals[last] + d.timeouts[last] == 1)
+    assert d.terminals.sum() + d.timeouts.sum() == d.num_episodes

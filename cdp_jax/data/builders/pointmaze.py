@@ -245,6 +245,7 @@ def build(
     num_reference_episodes: int = 100,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> dict:
     """Collect and write a PointMaze dataset; return a summary dict.
 
@@ -260,6 +261,8 @@ def build(
             ``ref_max_score``.
         overwrite: replace an existing dataset with this id.
         progress: called with the number of new steps, every 1000 steps.
+        stage: called with the name of each phase after collection ("reference scores",
+            "writing"), e.g. to label a progress bar.
 
     Returns:
         ``dict(dataset_id, path, num_steps, num_episodes, size_bytes, success_rate, ref_min_score,
@@ -274,10 +277,14 @@ def build(
         maze, num_steps, seed, action_noise=action_noise, max_episode_steps=max_episode_steps,
         reward_type=reward_type, progress=progress,
     )
+    if stage is not None:
+        stage("reference scores")
     ref_min = float(reference_return(maze, "random", num_reference_episodes, seed,
                                      reward_type).mean())
     ref_max = float(reference_return(maze, "controller", num_reference_episodes, seed + 1,
                                      reward_type).mean())
+    if stage is not None:
+        stage("writing")
     path = write_dataset(
         dataset_id, episodes, env=env, eval_env=env_id(maze, reward_type),
         ref_min_score=ref_min, ref_max_score=ref_max, overwrite=overwrite,
