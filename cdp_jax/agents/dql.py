@@ -24,6 +24,7 @@ Shapes: observations ``(B, obs_dim)``, actions ``(B, action_dim)`` in ``[-1, 1]`
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,8 @@ def _critic(config: DQLConfig):
     return networks.DoubleCritic(hidden_dims=(config.critic_hidden_dim,) * config.critic_depth)
 
 
+# Jitted: flax/optax initialisation op by op costs seconds of dispatch on CPU.
+@functools.partial(jax.jit, static_argnames=("config", "obs_dim", "action_dim"))
 def init(key: jax.Array, config: DQLConfig, obs_dim: int, action_dim: int) -> DQLState:
     """Fresh parameters, optimiser states and step 0 for ``obs_dim``-d observations."""
     config.validate()
