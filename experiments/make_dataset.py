@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         for key in ("success_rate", "ref_min_score", "ref_max_score"):
             if key in summary:
                 print(f"{key}: {summary[key]:.4g}")
-        print(f"seconds:  {summary['seconds']:.1f}")
+        print(f"seconds:  {summary['seconds']:.1f} wall, {summary['cpu_seconds']:.1f} CPU")
     return 0
 
 

@@ -271,7 +271,8 @@ def test_make_dataset_cli(minari_root, capsys):
 def test_quickstart_build_under_a_minute(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     summary = pointmaze.build("umaze")  # the quickstart defaults
-    assert summary["seconds"] < 60.0, summary
+    # CPU time: wall time on a shared CI machine measures the neighbours, not the build.
+    assert summary["cpu_seconds"] < 60.0, summary
     assert summary["success_rate"] > 0.95
     assert len(dm.load("cdp/pointmaze/umaze-v0")) == summary["num_steps"]
 

@@ -90,7 +90,7 @@ def build(
 
     ``dataset_id`` defaults to ``cdp/<env id without version, lower case>/random-v0``.
     """
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     if dataset_id is None:
         dataset_id = f"cdp/{env_id.split('-v')[0].lower()}/random-v0"
     check_target(dataset_id, overwrite)
@@ -107,4 +107,5 @@ def build(
         "dataset_id": dataset_id, "path": str(path), "num_steps": num_steps,
         "num_episodes": len(episodes), "size_bytes": directory_size(path),
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - start_cpu,
     }
