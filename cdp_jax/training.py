@@ -356,14 +356,18 @@ PRESETS = {
 }
 
 
-def preset(name: str, agent: str = "dql", **train_overrides) -> tuple[TrainConfig, object]:
-    """``(TrainConfig, agent config)`` of a named preset (see :data:`PRESETS`), validated."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}.")
+def preset(preset_name: str, agent: str = "dql", **train_overrides) -> tuple[TrainConfig, object]:
+    """``(TrainConfig, agent config)`` of a named preset (see :data:`PRESETS`), validated.
+
+    ``train_overrides`` replace TrainConfig fields (``name`` defaults to the preset's name).
+    """
+    if preset_name not in PRESETS:
+        raise ValueError(f"Unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}.")
     if agent not in CONFIGS:
         raise ValueError(f"Invalid agent={agent!r}; expected one of {sorted(CONFIGS)}.")
-    spec = PRESETS[name]
-    config = TrainConfig(**{"name": name, "agent": agent, **spec["train"], **train_overrides})
+    spec = PRESETS[preset_name]
+    config = TrainConfig(**{"name": preset_name, "agent": agent, **spec["train"],
+                            **train_overrides})
     overrides = dict(spec[agent])
     agent_config = CONFIGS[agent]()
     weight = overrides.pop("contraction_weight", None)

@@ -22,6 +22,8 @@ import json
 import sys
 import time
 
+import tqdm
+
 from cdp_jax import training
 from cdp_jax.agents import common
 from cdp_jax.data import dataset as dataset_lib
@@ -87,7 +89,9 @@ def ensure_dataset(dataset_id: str, build_steps: int) -> None:
         if dataset_id not in BUILDABLE:
             raise
     print(f"Dataset {dataset_id} not found: building it ({build_steps} steps)...", flush=True)
-    summary = pointmaze.build(BUILDABLE[dataset_id], num_steps=build_steps, dataset_id=dataset_id)
+    with tqdm.tqdm(total=build_steps, unit="step", desc="build dataset") as bar:
+        summary = pointmaze.build(BUILDABLE[dataset_id], num_steps=build_steps,
+                                  dataset_id=dataset_id, progress=bar.update)
     print(f"Built {dataset_id} at {summary['path']} in {summary['seconds']:.0f} s.", flush=True)
 
 

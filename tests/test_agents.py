@@ -30,9 +30,18 @@ def _tree_equal(a, b):
                                                            strict=True))
 
 
+ABSENT_CALLS = []
+
+
 def _absent(*args, **kwargs):
     """The regulariser removed altogether: the vanilla algorithm."""
+    ABSENT_CALLS.append(1)
     return 0.0, {}
+
+
+def _jit_update(agent):
+    # A fresh function object per call, so no trace cached under another patch state is reused.
+    return jax.jit(lambda state, batch, key: agent.update(state, batch, key))
 
 
 @pytest.mark.parametrize("agent,overrides,make_batch", [
@@ -45,18 +54,20 @@ def test_weight_zero_is_exactly_vanilla(monkeypatch, agent, overrides, make_batc
     config = agent.default_config(**overrides)
     state = agent.init(key, config, 4, 2)
     batch = make_batch(jax.random.PRNGKey(1))
-    s_zero, m_zero = jax.jit(agent.update)(state, batch, key)
+    s_zero, m_zero = _jit_update(agent)(state, batch, key)
 
+    ABSENT_CALLS.clear()
     with monkeypatch.context() as m:
         m.setattr(contraction, "contraction_regulariser", _absent)
-        s_vanilla, m_vanilla = jax.jit(agent.update)(state, batch, key)
+        s_vanilla, m_vanilla = _jit_update(agent)(state, batch, key)
+    assert ABSENT_CALLS  # the vanilla variant was really traced
     assert _tree_equal(s_zero, s_vanilla)
     assert m_zero["actor/loss"] == m_vanilla["actor/loss"]
     assert float(m_zero["actor/contraction_loss"]) == 0.0
 
     penalised = dataclasses.replace(
         config, contraction=contraction.ContractionConfig(weight=1.0, window=1.0))
-    s_pen, m_pen = jax.jit(agent.update)(state.replace(config=penalised), batch, key)
+    s_pen, m_pen = _jit_update(agent)(state.replace(config=penalised), batch, key)
     assert float(m_pen["actor/contraction_loss"]) > 0.0
     assert not _tree_equal(s_pen.replace(config=config), s_zero)
 

@@ -1,0 +1,87 @@
+"""Evaluate a trained run's checkpoint in its environment, optionally under another protocol.
+
+    python experiments/evaluate.py runs/quickstart
+    python experiments/evaluate.py runs/quickstart --checkpoint best --episodes 50 --envs 10
+    python experiments/evaluate.py runs/quickstart --candidates 100 --noise-temperature 0.5
+    python experiments/evaluate.py runs/quickstart --set sampler=ddim --set sampler_steps=10
+
+Writes ``<run>/eval_<checkpoint step>_<tag>.json`` with the protocol next to every number and
+prints the normalised score and success rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+from cdp_jax import evaluation, training
+from cdp_jax.agents import common
+from cdp_jax.data import minari
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a run directory written by experiments/train.py")
+    parser.add_argument("--checkpoint", default="latest",
+                        help="'latest', 'best' or a gradient step (default: latest)")
+    parser.add_argument("--episodes", type=int, default=None, help="default: the run's")
+    parser.add_argument("--envs", type=int, default=None, help="parallel envs; default: the run's")
+    parser.add_argument("--vector", choices=evaluation.VECTOR_MODES, default=None)
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="DQL: critic-resampled candidates per action (official: 100)")
+    parser.add_argument("--candidate-temperature", type=float, default=None)
+    parser.add_argument("--noise-temperature", type=float, default=None,
+                        help="initial-noise scale of the sampler (official: 0.5)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an agent field used by act (sampler, sampler_steps, ...)")
+    parser.add_argument("--seed", type=int, default=None, help="evaluation seed")
+    parser.add_argument("--tag", default="eval", help="suffix of the output file name")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    step = None if args.checkpoint == "latest" else (
+        "best" if args.checkpoint == "best" else int(args.checkpoint))
+    config, agent_config, state, norm, meta = training.load_policy(args.run_dir, step)
+    overrides = list(args.set)
+    for flag, field in (("candidates", "num_candidates"), ("noise_temperature", "noise_temperature"),
+                        ("candidate_temperature", "candidate_temperature")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{field}={getattr(args, flag)}")
+    agent_config = common.apply_overrides(agent_config, overrides).validate()
+    state = state.replace(config=agent_config)
+    run_overrides = {k: v for k, v in (("eval_episodes", args.episodes), ("eval_envs", args.envs),
+                                       ("eval_vector", args.vector), ("seed", args.seed))
+                     if v is not None}
+    config = dataclasses.replace(config, **run_overrides).validate()
+
+    data = minari.load(config.dataset, num_episodes=1)  # metadata: env spec, reference scores
+    envs = training.make_eval_envs(data, config)
+    agent = training.get_agent(config.agent)
+    try:
+        result = training.run_evaluation(jax.jit(agent.act), config.agent, state, data, norm,
+                                         envs, config, meta["step"])
+    finally:
+        envs.close()
+    protocol = training.eval_protocol(config.agent, agent_config, config)
+    out = Path(args.run_dir) / f"eval_{meta['step']}_{args.tag}.json"
+    record = evaluation.EvalRecord(out, average_last=1)
+    entry = record.add(meta["step"], result, protocol)
+    key = "normalized_score" if "normalized_score" in entry else "return_mean"
+    print(json.dumps({k: v for k, v in entry.items() if k not in ("returns", "successes",
+                                                                  "normalized_scores")}, indent=2))
+    print(f"{key}: {entry[key]:.1f}  success rate: {entry['success_rate']:.2f}  "
+          f"(step {meta['step']}, {entry['episodes']} episodes, {protocol['candidates']} "
+          f"candidates) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
