@@ -234,6 +234,11 @@ def act(state: SACState, obs: jax.Array, key: jax.Array, deterministic: bool = F
 
 # ----------------------------------------------------------------------------- online training
 
+# Module-level jits: the config is static in the state, so every train / evaluation call with the
+# same config and shapes reuses one compilation.
+_update_many_jit = jax.jit(update_many)
+_act_jit = jax.jit(act, static_argnames="deterministic")
+
 
 def _make_envs(env_id: str, num_envs: int, env_kwargs: dict | None):
     import gymnasium as gym
@@ -262,8 +267,7 @@ def evaluate_policy(state: SACState, env_id: str, num_episodes: int, seed: int, 
     envs = evaluation.make_vector_env(lambda: gym.make(env_id, **(env_kwargs or {})),
                                       num_envs or min(num_episodes, 10))
     scale = action_scaler(envs.single_action_space)
-    policy_fn = jax.jit(lambda o, k: act(state, o, k, deterministic))
-    policy = lambda obs, k: scale(policy_fn(jnp.asarray(obs, jnp.float32), k))
+    policy = lambda obs, k: scale(_act_jit(state, jnp.asarray(obs, jnp.float32), k, deterministic))
     try:
         return evaluation.evaluate(policy, envs, jax.random.PRNGKey(seed),
                                    num_episodes=num_episodes, seed=seed)
@@ -368,8 +372,6 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
               "terminals": np.zeros((capacity,), np.float32)}
     size = cursor = 0
     num_updates = config.num_envs * config.train_every * config.updates_per_step
-    update_fn = jax.jit(update_many)
-    act_fn = jax.jit(act)
     evaluations: list[dict] = []
     obs, _ = envs.reset(seed=[int(s) for s in rng.integers(2**31, size=config.num_envs)])
     envs.action_space.seed(int(rng.integers(2**31)))
@@ -380,7 +382,7 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
                 policy_action = rng.uniform(-1.0, 1.0, (config.num_envs, action_dim))
             else:
                 key, k = jax.random.split(key)
-                policy_action = np.asarray(act_fn(state, jnp.asarray(obs, jnp.float32), k))
+                policy_action = np.asarray(_act_jit(state, jnp.asarray(obs, jnp.float32), k))
             env_action = scale(policy_action)
             next_obs, reward, terminated, truncated, info = envs.step(env_action)
             real_next = np.array(next_obs, dtype=np.float64)
@@ -404,11 +406,11 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
             vector_steps += 1
             if progress is not None:
                 progress(config.num_envs)
-            if steps >= config.learning_starts and vector_steps % config.train_every == 0:
+            if steps > config.learning_starts and vector_steps % config.train_every == 0:
                 idx = rng.integers(size, size=(num_updates, config.batch_size))
                 batches = {k: v[idx] for k, v in buffer.items()}
                 key, k = jax.random.split(key)
-                state, metrics = update_fn(state, batches, k)
+                state, metrics = _update_many_jit(state, batches, k)
                 last_metrics = {n: float(np.mean(v)) for n, v in metrics.items()}
                 if not all(np.isfinite(v) for v in last_metrics.values()):
                     raise FloatingPointError(f"non-finite SAC metrics at env step {steps}: "

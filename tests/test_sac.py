@@ -1,0 +1,154 @@
+"""SAC: the tanh-Gaussian log-density, the update under jit / scan, the host loop and its outputs,
+and (slow) that it solves InvertedPendulum-v5."""
+
+import json
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cdp_jax.agents import sac
+
+SMALL = dict(hidden_dims=(32, 32), batch_size=32)
+# One config (and Pendulum's shapes: obs 3, action 1, 2 envs x 25 steps = 50 updates per call) for
+# the tests that run the jitted update, so they share a single compilation.
+TINY = sac.default_config(**SMALL, num_envs=2, learning_starts=200, train_every=25)
+
+
+def _batch(key, batch_size=16, obs_dim=3, action_dim=2):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return {"observations": jax.random.normal(k1, (batch_size, obs_dim)),
+            "actions": jax.random.uniform(k2, (batch_size, action_dim), minval=-1, maxval=1),
+            "rewards": jax.random.normal(k3, (batch_size,)),
+            "next_observations": jax.random.normal(k4, (batch_size, obs_dim)),
+            "terminals": (jnp.arange(batch_size) % 5 == 0).astype(jnp.float32)}
+
+
+def test_log_prob_is_the_change_of_variables_density():
+    """``log pi(a) = log N(u; m, s) - sum log(1 - tanh(u)^2)``, checked against the direct formula
+    in float64 numpy, and by integrating the density over a 1-D action grid (it must sum to 1)."""
+    config = sac.default_config(**SMALL)
+    state = sac.init(jax.random.PRNGKey(0), config, 3, 1)
+    obs = jnp.ones((4, 3))
+    key = jax.random.PRNGKey(1)
+    mean, log_std = sac.TanhGaussianActor(1, (32, 32)).apply(state.actor_params, obs)
+    a, logp = sac.sample_action(config, state.actor_params, obs, key, 1)
+    m, ls = np.float64(mean), np.float64(log_std)
+    u = m + np.exp(ls) * np.float64(jax.random.normal(key, mean.shape))
+    np.testing.assert_allclose(a, np.tanh(u), rtol=1e-5, atol=1e-6)
+    direct = (-0.5 * ((u - m) / np.exp(ls)) ** 2 - ls - 0.5 * np.log(2 * np.pi)
+              - np.log(1 - np.tanh(u) ** 2))
+    np.testing.assert_allclose(logp, direct[:, 0], rtol=1e-4, atol=1e-5)
+    grid = np.linspace(-1 + 1e-9, 1 - 1e-9, 200_001)
+    u = np.arctanh(grid)
+    s = np.exp(ls[0, 0])
+    density = np.exp(-0.5 * ((u - m[0, 0]) / s) ** 2) / (s * np.sqrt(2 * np.pi)) / (1 - grid ** 2)
+    np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, atol=1e-3)
+
+
+def test_update_scan_matches_a_python_loop_of_plain_updates():
+    state = sac.init(jax.random.PRNGKey(0), TINY, 3, 1)
+    num = TINY.num_envs * TINY.train_every
+    batches = jax.vmap(lambda k: _batch(k, TINY.batch_size, 3, 1))(
+        jax.random.split(jax.random.PRNGKey(1), num))
+    scanned, scan_metrics = sac._update_many_jit(state, batches, jax.random.PRNGKey(2))
+    keys = jax.random.split(jax.random.PRNGKey(2), num)
+    looped = state
+    for i in range(3):  # un-jitted, op by op
+        looped, metrics = sac.update(looped, jax.tree.map(lambda x, i=i: x[i], batches), keys[i])
+    assert int(scanned.step) == num
+    # The first plain updates reproduce the scan's per-step metrics.
+    for name in ("critic/loss", "actor/loss", "alpha/value"):
+        np.testing.assert_allclose(metrics[name], scan_metrics[name][2], rtol=1e-4, atol=1e-6)
+    assert set(scan_metrics) >= {"critic/loss", "actor/loss", "alpha/loss", "alpha/value",
+                                 "actor/entropy"}
+    assert all(v.shape == (num,) and np.all(np.isfinite(v)) for v in scan_metrics.values())
+    # Targets moved by Polyak averaging, temperature by its own optimiser.
+    assert not np.allclose(jax.tree.leaves(scanned.target_critic_params)[0],
+                           jax.tree.leaves(state.target_critic_params)[0])
+    assert float(scanned.log_alpha) != float(state.log_alpha)
+
+
+def test_terminal_cuts_the_bootstrap():
+    """With discount 1 and a zero-temperature target, the TD target of a terminal transition is its
+    reward alone."""
+    config = sac.default_config(**SMALL, discount=1.0, init_temperature=1e-12)
+    state = sac.init(jax.random.PRNGKey(0), config, 3, 2)
+    batch = _batch(jax.random.PRNGKey(1))
+    _, metrics = sac.critic_loss(state.critic_params, state, batch, jax.random.PRNGKey(2))
+    term = _batch(jax.random.PRNGKey(1)) | {"terminals": jnp.ones(16)}
+    _, metrics_term = sac.critic_loss(state.critic_params, state, term, jax.random.PRNGKey(2))
+    np.testing.assert_allclose(metrics_term["critic/target_mean"], batch["rewards"].mean(),
+                               rtol=1e-5)
+    assert not np.isclose(metrics["critic/target_mean"], batch["rewards"].mean())
+
+
+def test_act_is_bounded_and_deterministic_mode_is_the_mean():
+    state = sac.init(jax.random.PRNGKey(0), sac.default_config(**SMALL), 3, 2)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (64, 3)) * 10
+    a = jax.jit(sac.act)(state, obs, jax.random.PRNGKey(2))
+    assert a.shape == (64, 2) and np.all(np.abs(a) <= 1.0)
+    d1 = sac.act(state, obs, jax.random.PRNGKey(3), deterministic=True)
+    d2 = sac.act(state, obs, jax.random.PRNGKey(4), deterministic=True)
+    np.testing.assert_array_equal(d1, d2)
+    # vmap over a batch of single observations gives the same deterministic actions.
+    dv = jax.vmap(lambda o: sac.act(state, o[None], jax.random.PRNGKey(0), True)[0])(obs)
+    np.testing.assert_allclose(dv, d1, rtol=1e-6, atol=1e-6)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="batch_size"):
+        sac.default_config(batch_size=0)
+    with pytest.raises(ValueError, match="discount"):
+        sac.default_config(discount=1.5)
+    with pytest.raises(ValueError, match="hidden_dims"):
+        sac.default_config(hidden_dims=())
+    with pytest.raises(ValueError, match="bounded Box"):
+        sac.action_scaler(type("S", (), {"low": np.array([-np.inf]), "high": np.array([1.0])})())
+
+
+def test_train_writes_snapshots_transitions_and_restores(tmp_path):
+    """The tiny CI run: two vector envs on Pendulum-v1, snapshots, the transition record."""
+    state, evals = sac.train("Pendulum-v1", TINY, 600, seed=3, out_dir=tmp_path, eval_every=300,
+                             eval_episodes=2, record_transitions=True)
+    assert [e["env_steps"] for e in evals] == [300, 600]
+    assert int(state.step) == 400  # (600 - 200) env steps, one update each
+    assert all(np.isfinite(e["return_mean"]) for e in evals)
+    saved = json.loads((tmp_path / "evaluations.json").read_text())
+    assert [e["env_steps"] for e in saved] == [300, 600]
+    restored, meta = sac.load_actor(tmp_path)
+    assert meta["eval"]["env_steps"] == 600
+    for a, b in zip(jax.tree.leaves(restored.actor_params), jax.tree.leaves(state.actor_params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    early, _ = sac.load_actor(tmp_path, step=300)
+    assert not np.array_equal(jax.tree.leaves(early.actor_params)[0],
+                              jax.tree.leaves(state.actor_params)[0])
+    with h5py.File(tmp_path / "transitions.h5") as f:
+        assert f["observations"].shape == (300, 2, 3) and f["actions"].shape == (300, 2, 1)
+        obs, nxt, trunc = f["observations"][:], f["next_observations"][:], f["truncations"][:]
+        assert np.all(np.abs(f["actions"][:]) <= 2.0)  # the env's own action scale
+    # Pendulum truncates at 200 steps: three episodes per env; within an episode next_obs is the
+    # following observation, at its end the final observation (not the reset one).
+    assert trunc.sum() == 2 * 1 and np.all(trunc[199])
+    np.testing.assert_array_equal(nxt[:199], obs[1:200])
+    assert not np.allclose(nxt[199], obs[200])
+
+
+def test_train_is_deterministic_given_the_seed():
+    a, ea = sac.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)
+    b, eb = sac.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)
+    assert ea[0]["return_mean"] == eb[0]["return_mean"]
+    for x, y in zip(jax.tree.leaves(a.actor_params), jax.tree.leaves(b.actor_params), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_sac_solves_inverted_pendulum():
+    """InvertedPendulum-v5 is solved at return 1000 (balanced for the whole 1000-step episode)."""
+    config = sac.default_config(hidden_dims=(64, 64), learning_starts=1000)
+    _, evals = sac.train("InvertedPendulum-v5", config, 15_000, seed=0, eval_every=2500,
+                         eval_episodes=5)
+    assert max(e["return_mean"] for e in evals) >= 950.0, evals
