@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cdp_jax import contraction, diffusion, networks, samplers
+from cdp_jax import chunk_networks, contraction, diffusion, networks, samplers
 from cdp_jax.agents.common import (
     check_choice,
     check_positive,
@@ -45,9 +45,15 @@ class DBCState(struct.PyTreeNode):
     action_dim: int = struct.field(pytree_node=False)
 
 
+# MLP-style denoisers (flattened chunk) and chunk backbones (temporal UNet, DiT) by name.
+ACTOR_NETWORKS = (*networks.ACTORS, *chunk_networks.CHUNK_ACTORS)
+
+
 def _actor(config: DBCConfig):
-    return networks.make_actor(config.actor_network, config.hidden_dim, config.depth,
-                               config.time_dim, config.activation)
+    make = (chunk_networks.make_chunk_actor if config.actor_network in chunk_networks.CHUNK_ACTORS
+            else networks.make_actor)
+    return make(config.actor_network, config.hidden_dim, config.depth, config.time_dim,
+                config.activation)
 
 
 def _optimizer(config: DBCConfig):
@@ -145,7 +151,7 @@ class DBCConfig:
     contraction: contraction.ContractionConfig = contraction.ContractionConfig()
 
     def validate(self) -> DBCConfig:
-        check_choice("actor_network", self.actor_network, tuple(networks.ACTORS))
+        check_choice("actor_network", self.actor_network, ACTOR_NETWORKS)
         check_choice("activation", self.activation, tuple(networks.ACTIVATIONS))
         check_choice("schedule", self.schedule, ("cosine", "linear"))
         check_choice("prediction", self.prediction, diffusion.PREDICTIONS)
