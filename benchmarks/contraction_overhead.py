@@ -1,0 +1,169 @@
+"""Cost of the contraction penalty per training step, against a vanilla denoising step.
+
+One training step = denoising score-matching loss (x0-prediction, discrete cosine T = 50, as the
+official CDP code) + optional contraction regulariser, its gradient and an Adam update, batch 256,
+on a Diffusion-QL-shaped MLP (sinusoidal time embedding 64 -> 128 -> 64 with Mish, then
+[x, t_emb, obs(17)] -> 3 x 256 Mish -> action size). Rows:
+
+* ``vanilla``: no penalty (``ContractionConfig(weight=0)``, which must cost nothing);
+* ``default``: ``ContractionConfig(weight=0.1)`` (eigen, Lanczos K = 4, lowest 10% of noise levels,
+  ``ceil(0.1 B)`` samples);
+* ``eigen_K{k}_{frac}``: all noise levels in the window, ``frac`` of the batch penalised;
+* ``frobenius_{frac}``: Hutchinson Frobenius form, one probe;
+* ``exact_{frac}``: the materialised-Jacobian path (jacfwd + eigvalsh per sample).
+
+Every function is compiled first; times are medians (and minima) of ``--repeats`` runs of
+``jax.block_until_ready``. Ratios are to ``vanilla`` at the same action size. Run:
+``python benchmarks/contraction_overhead.py [--quick]``; writes
+``benchmarks/results/contraction_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cdp_jax import contraction, diffusion, schedules
+
+OBS_DIM = 17
+BATCH = 256
+EVENT_SHAPES = {3: (3,), 7: (7,), 112: (16, 7), 224: (32, 7)}
+
+
+def mish(x):
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+class DiffusionQLMLP(nn.Module):
+    """Diffusion-QL actor MLP for flat or chunked actions (event dims flattened in and out)."""
+
+    event_shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x, t, obs):
+        half = 32
+        freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half) / (half - 1))
+        angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+        temb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+        temb = nn.Dense(64)(mish(nn.Dense(128)(temb)))
+        h = jnp.concatenate([x.reshape(x.shape[0], -1), temb, obs], axis=-1)
+        for _ in range(3):
+            h = mish(nn.Dense(256)(h))
+        return nn.Dense(int(np.prod(self.event_shape)))(h).reshape(x.shape)
+
+
+def exact_regulariser(config, denoiser, schedule, x_t, t, cond, key, *, prediction):
+    """The same eigen penalty with the Jacobian materialised (jacfwd) and eigvalsh."""
+    n = config.penalised_count(x_t.shape[0])
+    idx = jax.random.choice(key, x_t.shape[0], (n,), replace=False)
+
+    def one(x, t_i, c):
+        fn = contraction.target_function(config.target, denoiser, schedule, t_i, c[None],
+                                         prediction)
+        mu = contraction.exact_max_sym_eigenvalue(fn, x)
+        return jnp.square(jax.nn.relu(mu + config.margin))
+
+    return config.weight * jnp.mean(jax.vmap(one)(x_t[idx], t[idx], cond[idx])), {}
+
+
+def make_step(model, schedule, optimiser, config, regulariser):
+    def loss_fn(params, x0, obs, key):
+        denoiser = lambda x, t, c: model.apply(params, x, t, c)
+        k1, k2 = jax.random.split(key)
+        loss, aux = diffusion.denoising_loss(denoiser, schedule, x0, obs, k1, prediction="x0")
+        reg, _ = regulariser(config, denoiser, schedule, aux["x_t"], aux["t"], obs, k2,
+                             prediction="x0")
+        return loss + reg
+
+    @jax.jit
+    def step(params, opt_state, x0, obs, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x0, obs, key)
+        updates, opt_state = optimiser.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step, jax.jit(loss_fn)
+
+
+def time_call(fn, args, repeats):
+    jax.block_until_ready(fn(*args))  # compile + one warm run
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), float(np.min(times))
+
+
+def variants(quick):
+    reg = contraction.contraction_regulariser
+    cfg = lambda **kw: contraction.ContractionConfig(weight=0.1, **kw)
+    rows = {"vanilla": (contraction.ContractionConfig(weight=0.0), reg),
+            "default": (cfg(), reg)}
+    for k in ([1, 4] if quick else [1, 3, 5, 10]):
+        for frac in (0.1, 1.0):
+            rows[f"eigen_K{k}_{int(frac * 100)}%"] = (
+                cfg(num_iters=k, window=1.0, num_penalised=frac), reg)
+    for frac in (0.1, 1.0):
+        rows[f"frobenius_{int(frac * 100)}%"] = (
+            cfg(penalty="frobenius", window=1.0, num_penalised=frac), reg)
+        rows[f"exact_{int(frac * 100)}%"] = (cfg(window=1.0, num_penalised=frac),
+                                             exact_regulariser)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="d in {3, 112}, K in {1, 4}, 3 reps")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", default="benchmarks/results/contraction_overhead.json")
+    args = parser.parse_args()
+    repeats = args.repeats or (3 if args.quick else 7)
+    dims = [3, 112] if args.quick else list(EVENT_SHAPES)
+    schedule = schedules.cosine(50)
+    optimiser = optax.adam(3e-4)
+    results = []
+    print(f"{'d':>4} {'variant':<16} {'step ms':>10} {'min ms':>9} {'x vanilla':>9}"
+          f" {'fwd ms':>10} {'fwd x':>9}")
+    for d in dims:
+        event = EVENT_SHAPES[d]
+        model = DiffusionQLMLP(event)
+        key = jax.random.key(d)
+        x0 = jnp.clip(jax.random.normal(key, (BATCH,) + event), -1, 1)
+        obs = jax.random.normal(jax.random.fold_in(key, 1), (BATCH, OBS_DIM))
+        params = model.init(key, x0, jnp.zeros((BATCH,), jnp.int32), obs)
+        opt_state = optimiser.init(params)
+        for name, (config, regulariser) in variants(args.quick).items():
+            step, loss = make_step(model, schedule, optimiser, config, regulariser)
+            med, best = time_call(step, (params, opt_state, x0, obs, key), repeats)
+            fwd_med, _ = time_call(loss, (params, x0, obs, key), repeats)
+            if name == "vanilla":
+                base, base_fwd = med, fwd_med
+            results.append({"d": d, "event_shape": list(event), "variant": name,
+                            "step_ms": 1e3 * med, "step_min_ms": 1e3 * best,
+                            "forward_ms": 1e3 * fwd_med, "ratio_vs_vanilla": med / base,
+                            "forward_ratio_vs_vanilla": fwd_med / base_fwd})
+            print(f"{d:>4} {name:<16} {1e3 * med:>10.2f} {1e3 * best:>9.2f} {med / base:>9.2f}"
+                  f" {1e3 * fwd_med:>10.2f} {fwd_med / base_fwd:>9.2f}", flush=True)
+    meta = {"batch": BATCH, "obs_dim": OBS_DIM, "repeats": repeats, "quick": args.quick,
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "note": "shared, noisy 2-core CPU; ratios from one run"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
