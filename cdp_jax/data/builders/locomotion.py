@@ -1,0 +1,400 @@
+"""MuJoCo locomotion datasets made with D4RL's recipe, on gymnasium's ``Hopper-v5``,
+``HalfCheetah-v5`` and ``Walker2d-v5``, from behaviour policies the project trains itself.
+
+Recipe (Fu et al. 2020, section 5), step by step:
+
+1. :func:`train_behaviour` trains SAC (:mod:`cdp_jax.agents.sac`) online, evaluating the
+   deterministic policy every ``eval_every`` env steps and keeping an actor snapshot each time, and
+   records every transition it collects (``transitions.h5``).
+2. :func:`select_policies`: the **expert** is the best-evaluated snapshot; the **medium** one is
+   the snapshot (no later than the expert) whose evaluation return is closest to
+   ``medium_fraction`` (D4RL: about one third) of the expert's.
+3. :func:`build` writes one of
+
+   * ``medium``: ``num_steps`` steps of the medium policy, actions *sampled* from it;
+   * ``expert``: the same with the expert policy;
+   * ``medium-replay``: the training transitions up to the medium snapshot, in collection order;
+   * ``medium-expert``: ``medium`` and ``expert`` concatenated (``2 * num_steps`` steps, as D4RL).
+
+Episodes end where the env ended them (termination, or truncation at the 1000-step limit), plus a
+final truncation where the recording stops. ``ref_min_score`` is the mean return of uniform random
+actions and ``ref_max_score`` that of the expert acting deterministically (``tanh(mean)``), both on
+the registered env and cached in ``<policy_dir>/reference_scores.json`` so the four datasets of an
+env share them. Everything is deterministic given the seeds. The snapshots used are copied into
+``<dataset path>/behaviour_policy`` (with ``config.json``, ``selection.json``): pass that directory
+as ``policy_dir`` to rebuild ``medium`` / ``expert`` / ``medium-expert`` without retraining
+(``medium-replay`` needs the training directory's ``transitions.h5``).
+
+Differences from D4RL: gymnasium MuJoCo v5 envs (mujoco 3) instead of mujoco-py v3; our own SAC
+runs (the expert's return, hence ``ref_max_score``, is what the run reached, not D4RL's 3234.3 for
+Hopper); ``ref_min_score`` / ``ref_max_score`` are measured here, not D4RL's constants.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cdp_jax.data.builders.writer import (
+    check_target,
+    directory_size,
+    episode_buffer,
+    write_dataset,
+)
+
+ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+KINDS = ("medium", "medium-replay", "expert", "medium-expert")
+MEDIUM_FRACTION = 1.0 / 3.0
+REFERENCE_SEED = 2**20  # reference-score rollouts use their own seeds, shared by all datasets
+
+
+def env_id(env: str) -> str:
+    """``"hopper"`` -> ``"Hopper-v5"``; unknown names raise listing the valid ones."""
+    if env not in ENVS:
+        raise ValueError(f"Unknown locomotion env {env!r}; expected one of {sorted(ENVS)}.")
+    return ENVS[env]
+
+
+def default_dataset_id(env: str, kind: str) -> str:
+    """``cdp/<env>/<kind>-v0``, e.g. ``cdp/hopper/medium-replay-v0``."""
+    env_id(env)
+    if kind not in KINDS:
+        raise ValueError(f"Unknown dataset kind {kind!r}; expected one of {list(KINDS)}.")
+    return f"cdp/{env}/{kind}-v0"
+
+
+def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000, seed: int = 0,
+                    *, config=None, eval_every: int = 10_000, eval_episodes: int = 10,
+                    progress: Callable[[int], None] | None = None,
+                    log: Callable[[dict], None] | None = None) -> dict:
+    """Train the SAC behaviour policies of ``env`` into ``policy_dir`` (see :func:`sac.train`).
+
+    Returns ``dict(policy_dir, evaluations, seconds)``.
+    """
+    from cdp_jax.agents import sac
+
+    config = config or sac.default_config()
+    policy_dir = Path(policy_dir)
+    if (policy_dir / "evaluations.json").exists():
+        raise FileExistsError(f"{policy_dir} already holds a training run; choose another "
+                              "--policy-dir or delete it.")
+    start = time.perf_counter()
+    _, evaluations = sac.train(env_id(env), config, num_steps, seed, out_dir=policy_dir,
+                               eval_every=eval_every, eval_episodes=eval_episodes,
+                               record_transitions=True, progress=progress, log=log)
+    return {"policy_dir": str(policy_dir), "evaluations": evaluations,
+            "seconds": time.perf_counter() - start}
+
+
+def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_FRACTION,
+                    medium_step: int | None = None, expert_step: int | None = None) -> dict:
+    """Which snapshots are the medium and expert policies (module docstring, step 2).
+
+    ``selection.json`` in ``policy_dir`` (written beside a dataset) takes precedence; explicit
+    ``medium_step`` / ``expert_step`` override either. Returns ``dict(medium_step, medium_return,
+    expert_step, expert_return)``.
+    """
+    policy_dir = Path(policy_dir)
+    saved = policy_dir / "selection.json"
+    if saved.exists():
+        selection = json.loads(saved.read_text())
+        evals = {selection["medium_step"]: selection["medium_return"],
+                 selection["expert_step"]: selection["expert_return"]}
+    else:
+        path = policy_dir / "evaluations.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no behaviour policies under {policy_dir} (no evaluations.json / selection.json)"
+                "; train them first: python experiments/make_dataset.py locomotion-train --env "
+                "<env> --policy-dir <dir>")
+        evals = {int(e["env_steps"]): float(e["return_mean"])
+                 for e in json.loads(path.read_text())}
+        selection = {}
+    if expert_step is None:
+        expert_step = selection.get("expert_step", max(evals, key=lambda s: (evals[s], -s)))
+    if medium_step is None:
+        target = medium_fraction * evals[expert_step]
+        candidates = [s for s in evals if s <= expert_step]
+        medium_step = selection.get(
+            "medium_step", min(candidates, key=lambda s: (abs(evals[s] - target), s)))
+    for name, step in (("medium_step", medium_step), ("expert_step", expert_step)):
+        if step not in evals:
+            raise ValueError(f"{name}={step} has no snapshot under {policy_dir}; evaluated "
+                             f"steps: {sorted(evals)}")
+    return {"medium_step": int(medium_step), "medium_return": evals[medium_step],
+            "expert_step": int(expert_step), "expert_return": evals[expert_step]}
+
+
+def _make_vector_env(env_name: str, num_envs: int):
+    import gymnasium as gym
+
+    return gym.vector.SyncVectorEnv([lambda: gym.make(env_name)] * num_envs,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def rollouts(state, env: str, num_steps: int, seed: int, *, num_envs: int = 10,
+             deterministic: bool = False,
+             progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Exactly ``num_steps`` steps of the SAC policy in ``state`` (``None``: uniform random).
+
+    ``num_envs`` envs step together; episodes are returned in the order they ended, then the ones
+    still running (cut: truncation), the last trimmed so the total is ``num_steps``. Each is a
+    dict of ``observations (T + 1, O)`` (float64), ``actions``, ``rewards``, ``terminations``,
+    ``truncations`` and its reset ``seed``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from cdp_jax.agents import sac
+
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    envs = _make_vector_env(env_id(env), num_envs)
+    scale = sac.action_scaler(envs.single_action_space)
+    rng = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
+    seeds = [int(s) for s in rng.integers(2**31, size=num_envs)]
+    obs, _ = envs.reset(seed=seeds)
+    running = [_new_episode(obs[i], seeds[i]) for i in range(num_envs)]
+    done_episodes, total, t = [], 0, 0
+    try:
+        while total < num_steps:
+            if state is None:
+                action = rng.uniform(-1.0, 1.0, (num_envs, envs.single_action_space.shape[0]))
+            else:
+                action = np.asarray(sac._act_jit(state, jnp.asarray(obs, jnp.float32),
+                                                 jax.random.fold_in(key, t), deterministic))
+            env_action = scale(action)
+            obs, reward, terminated, truncated, info = envs.step(env_action)
+            t += 1
+            for i in range(num_envs):
+                ep = running[i]
+                final = terminated[i] or truncated[i]
+                ep["observations"].append(info["final_obs"][i] if final else obs[i])
+                ep["actions"].append(env_action[i])
+                ep["rewards"].append(float(reward[i]))
+                ep["terminations"].append(bool(terminated[i]))
+                ep["truncations"].append(bool(truncated[i]) and not terminated[i])
+                if final:
+                    done_episodes.append(ep)
+                    # SAME_STEP autoreset reseeds nothing: record the env's own continuation.
+                    running[i] = _new_episode(obs[i], None)
+            total += num_envs
+            if progress is not None:
+                progress(num_envs)
+    finally:
+        envs.close()
+    episodes, count = [], 0
+    for ep in done_episodes + [ep for ep in running if ep["actions"]]:
+        if count >= num_steps:
+            break
+        keep = min(len(ep["actions"]), num_steps - count)
+        episodes.append(_finish(ep, keep))
+        count += keep
+    return episodes
+
+
+def _new_episode(obs, seed):
+    return {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
+            "truncations": [], "seed": seed}
+
+
+def _finish(ep: dict, keep: int) -> dict:
+    """Arrays of the first ``keep`` steps; a cut episode ends in a truncation."""
+    term = np.asarray(ep["terminations"][:keep], bool)
+    trunc = np.asarray(ep["truncations"][:keep], bool)
+    if not (term[-1] or trunc[-1]):
+        trunc[-1] = True
+    return {"observations": np.asarray(ep["observations"][:keep + 1], np.float64),
+            "actions": np.asarray(ep["actions"][:keep], np.float32),
+            "rewards": np.asarray(ep["rewards"][:keep], np.float64),
+            "terminations": term, "truncations": trunc, "seed": ep["seed"]}
+
+
+def replay_episodes(policy_dir: str | Path, up_to_step: int,
+                    num_steps: int | None = None) -> list[dict]:
+    """Episodes of the SAC training record (``transitions.h5``) up to env step ``up_to_step``.
+
+    Per env, episodes end at each termination / truncation; the episode running at
+    ``up_to_step`` is cut there (truncation). Ordered by the vector step they ended at, then env.
+    With ``num_steps``, only the episodes starting in the last ``num_steps`` env steps before
+    ``up_to_step`` are kept (whole episodes, so at most ``num_steps`` steps).
+    """
+    import h5py
+
+    path = Path(policy_dir) / "transitions.h5"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: medium-replay needs the training record of "
+                                "train_behaviour (a dataset's behaviour_policy copy has none).")
+    with h5py.File(path, "r") as f:
+        num_envs = f["rewards"].shape[1]
+        rows = min(up_to_step // num_envs, f["rewards"].shape[0])
+        data = {k: f[k][:rows] for k in f}
+    first_row = 0 if num_steps is None else max(0, rows - num_steps // num_envs)
+    found = []  # (end row, env, episode)
+    for e in range(num_envs):
+        ends = np.flatnonzero(data["terminations"][:, e] | data["truncations"][:, e])
+        starts = np.concatenate([[0], ends + 1])
+        ends = np.append(ends, rows - 1) if (ends.size == 0 or ends[-1] != rows - 1) else ends
+        for s, t in zip(starts, ends, strict=False):
+            if s > t or s < first_row:
+                continue
+            sl = slice(s, t + 1)
+            term = data["terminations"][sl, e].astype(bool)
+            trunc = data["truncations"][sl, e].astype(bool) & ~term
+            if not (term[-1] or trunc[-1]):
+                trunc[-1] = True
+            found.append((t, e, {
+                "observations": np.concatenate([data["observations"][sl, e],
+                                                data["next_observations"][t:t + 1, e]]),
+                "actions": data["actions"][sl, e].astype(np.float32),
+                "rewards": data["rewards"][sl, e], "terminations": term,
+                "truncations": trunc, "seed": None}))
+    return [ep for _, _, ep in sorted(found, key=lambda x: (x[0], x[1]))]
+
+
+def reference_scores(env: str, policy_dir: str | Path, expert_step: int, *,
+                     num_random_episodes: int = 100, num_expert_episodes: int = 10) -> dict:
+    """``ref_min_score`` (uniform random actions) and ``ref_max_score`` (deterministic expert),
+    mean returns on the registered env, cached in ``<policy_dir>/reference_scores.json``."""
+    from cdp_jax.agents import sac
+
+    cache = Path(policy_dir) / "reference_scores.json"
+    key = {"expert_step": expert_step, "num_random_episodes": num_random_episodes,
+           "num_expert_episodes": num_expert_episodes}
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if all(saved.get(k) == v for k, v in key.items()):
+            return saved
+    random_returns = _episode_returns(None, env, num_random_episodes, REFERENCE_SEED)
+    state, _ = sac.load_actor(policy_dir, expert_step)
+    expert = sac.evaluate_policy(state, env_id(env), num_expert_episodes, REFERENCE_SEED + 1)
+    scores = {**key, "ref_min_score": float(np.mean(random_returns)),
+              "ref_min_std": float(np.std(random_returns)),
+              "ref_max_score": expert["return_mean"], "ref_max_std": expert["return_std"]}
+    cache.write_text(json.dumps(scores, indent=2))
+    return scores
+
+
+def _episode_returns(state, env: str, num_episodes: int, seed: int) -> np.ndarray:
+    import gymnasium as gym
+
+    env_ = gym.make(env_id(env))
+    rng = np.random.default_rng(seed)
+    returns = np.zeros(num_episodes)
+    for i in range(num_episodes):
+        env_.reset(seed=int(rng.integers(2**31)))
+        done = False
+        while not done:
+            _, reward, terminated, truncated, _ = env_.step(
+                rng.uniform(env_.action_space.low, env_.action_space.high))
+            returns[i] += reward
+            done = terminated or truncated
+    env_.close()
+    return returns
+
+
+def _copy_policies(policy_dir: Path, target: Path, selection: dict, references: dict) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "snapshots").mkdir(parents=True)
+    shutil.copyfile(policy_dir / "config.json", tmp / "config.json")
+    for step in sorted({selection["medium_step"], selection["expert_step"]}):
+        name = f"step_{step:09d}"
+        shutil.copytree(policy_dir / "snapshots" / name, tmp / "snapshots" / name)
+    (tmp / "selection.json").write_text(json.dumps(selection, indent=2))
+    (tmp / "reference_scores.json").write_text(json.dumps(references, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1_000_000,
+          seed: int = 0, dataset_id: str | None = None, *, medium_step: int | None = None,
+          expert_step: int | None = None, medium_fraction: float = MEDIUM_FRACTION,
+          num_envs: int = 10, num_random_episodes: int = 100, num_expert_episodes: int = 10,
+          overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
+    """Write one locomotion dataset (``kind`` in :data:`KINDS`); return a summary dict.
+
+    Args:
+        env: ``hopper``, ``halfcheetah`` or ``walker2d``.
+        kind: ``medium``, ``medium-replay``, ``expert`` or ``medium-expert``.
+        policy_dir: a :func:`train_behaviour` directory, or a dataset's ``behaviour_policy``.
+        num_steps: steps per policy (``medium-expert``: twice this); for ``medium-replay`` an
+            optional cap (the last whole episodes before the medium point), ``None`` = all.
+        seed: rollout seed (``expert`` uses ``seed + 1`` inside ``medium-expert``).
+        medium_step, expert_step, medium_fraction: override the snapshot selection.
+        num_envs: vector envs stepping together during rollouts.
+        num_random_episodes, num_expert_episodes: episodes for the reference scores.
+
+    Returns:
+        ``dict(dataset_id, path, num_steps, num_episodes, size_bytes, ref_min_score,
+        ref_max_score, medium_step, expert_step, medium_return, expert_return,
+        dataset_return_mean, seconds)``.
+    """
+    from cdp_jax.agents import sac
+
+    start = time.perf_counter()
+    dataset_id = dataset_id or default_dataset_id(env, kind)
+    default_dataset_id(env, kind)  # validates env and kind
+    if kind != "medium-replay" and (num_steps is None or num_steps < 1):
+        raise ValueError(f"num_steps must be >= 1 for {kind}, got {num_steps}")
+    check_target(dataset_id, overwrite)
+    policy_dir = Path(policy_dir)
+    selection = select_policies(policy_dir, medium_fraction=medium_fraction,
+                                medium_step=medium_step, expert_step=expert_step)
+    refs = reference_scores(env, policy_dir, selection["expert_step"],
+                            num_random_episodes=num_random_episodes,
+                            num_expert_episodes=num_expert_episodes)
+    episodes = []
+    if kind == "medium-replay":
+        episodes = replay_episodes(policy_dir, selection["medium_step"], num_steps)
+        if progress is not None:
+            progress(sum(len(ep["actions"]) for ep in episodes))
+    for which, offset in (("medium", 0), ("expert", 1)):
+        if kind in (which, "medium-expert"):
+            state, _ = sac.load_actor(policy_dir, selection[f"{which}_step"])
+            episodes += rollouts(state, env, num_steps, seed + offset, num_envs=num_envs,
+                                 progress=progress)
+    buffers = [episode_buffer(i, ep["observations"], ep["actions"], ep["rewards"],
+                              ep["terminations"], ep["truncations"], seed=ep["seed"])
+               for i, ep in enumerate(episodes)]
+    returns = [float(np.sum(ep["rewards"])) for ep in episodes]
+    recipe = {
+        "medium": f"{num_steps} steps of the medium SAC policy (snapshot at env step "
+                  f"{selection['medium_step']}, evaluation return {selection['medium_return']:.1f}"
+                  "), actions sampled from the policy",
+        "expert": f"{num_steps} steps of the expert SAC policy (snapshot at env step "
+                  f"{selection['expert_step']}, evaluation return {selection['expert_return']:.1f}"
+                  "), actions sampled from the policy",
+        "medium-replay": f"the SAC training transitions up to the medium snapshot (env step "
+                         f"{selection['medium_step']})"
+                         + (f", last {num_steps} steps' whole episodes" if num_steps else ""),
+        "medium-expert": f"medium ({num_steps} steps, snapshot {selection['medium_step']}) then "
+                         f"expert ({num_steps} steps, snapshot {selection['expert_step']}) "
+                         "rollouts, actions sampled",
+    }[kind]
+    path = write_dataset(
+        dataset_id, buffers, env=env_id(env), eval_env=env_id(env),
+        ref_min_score=refs["ref_min_score"], ref_max_score=refs["ref_max_score"],
+        overwrite=overwrite, algorithm_name=f"SAC behaviour policies ({kind}, D4RL recipe)",
+        code_permalink="cdp_jax/data/builders/locomotion.py",
+        description=(
+            f"{env_id(env)} {kind}: {recipe}; seed {seed}. Built by cdp_jax with D4RL's recipe. "
+            f"ref_min_score = mean return of uniform random actions "
+            f"({refs['num_random_episodes']} episodes), ref_max_score = mean return of the "
+            f"expert snapshot acting deterministically ({refs['num_expert_episodes']} episodes), "
+            "so a normalised score of 100 is our expert, 0 random (measured here; D4RL's own "
+            "constants differ, see docs/DATASETS.md). Behaviour policies: behaviour_policy/."),
+    )
+    _copy_policies(policy_dir, path / "behaviour_policy", selection, refs)
+    return {"dataset_id": dataset_id, "path": str(path), "kind": kind,
+            "num_steps": int(sum(len(ep["actions"]) for ep in episodes)),
+            "num_episodes": len(episodes), "size_bytes": directory_size(path),
+            "ref_min_score": refs["ref_min_score"], "ref_max_score": refs["ref_max_score"],
+            **selection, "dataset_return_mean": float(np.mean(returns)),
+            "seconds": time.perf_counter() - start}

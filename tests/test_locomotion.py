@@ -1,0 +1,151 @@
+"""Locomotion builders (D4RL recipe) on a briefly trained Hopper-v5 SAC run, in a temporary
+MINARI_DATASETS_PATH. The run is tiny (2000 env steps, 64-unit networks): its "expert" is weak, but
+the recipe, the episode structure and the reference scores are exercised end to end."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+
+from cdp_jax.agents import sac
+from cdp_jax.data import minari as dm
+from cdp_jax.data.builders import locomotion
+
+STEPS = 600  # per policy
+
+
+@pytest.fixture(scope="module")
+def minari_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("minari")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("behaviour") / "hopper"
+    config = sac.default_config(hidden_dims=(64, 64), batch_size=64, learning_starts=500)
+    locomotion.train_behaviour("hopper", out, 2000, seed=0, config=config, eval_every=500,
+                               eval_episodes=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(minari_root, policy_dir):
+    kw = dict(num_envs=4, num_random_episodes=30, num_expert_episodes=3)
+    return {kind: locomotion.build("hopper", kind, policy_dir, STEPS, seed=0, **kw)
+            for kind in locomotion.KINDS}
+
+
+def test_selection_follows_d4rl(policy_dir):
+    evals = {e["env_steps"]: e["return_mean"]
+             for e in json.loads((policy_dir / "evaluations.json").read_text())}
+    sel = locomotion.select_policies(policy_dir)
+    assert sel["expert_return"] == max(evals.values())
+    target = sel["expert_return"] / 3
+    assert all(abs(evals[sel["medium_step"]] - target) <= abs(r - target)
+               for s, r in evals.items() if s <= sel["expert_step"])
+    forced = locomotion.select_policies(policy_dir, medium_step=500, expert_step=1000)
+    assert (forced["medium_step"], forced["expert_step"]) == (500, 1000)
+    with pytest.raises(ValueError, match="no snapshot"):
+        locomotion.select_policies(policy_dir, medium_step=123)
+
+
+def test_datasets_round_trip(built, policy_dir):
+    sel = locomotion.select_policies(policy_dir)
+    sizes = {"medium": STEPS, "expert": STEPS, "medium-expert": 2 * STEPS,
+             "medium-replay": sel["medium_step"]}
+    for kind, summary in built.items():
+        data = dm.load(f"cdp/hopper/{kind}-v0")
+        assert len(data) == summary["num_steps"] == sizes[kind], kind
+        assert data.num_episodes == summary["num_episodes"]
+        assert data.observations.shape == (len(data), 11) and data.actions.shape == (len(data), 3)
+        assert (data.ref_min_score, data.ref_max_score) == (summary["ref_min_score"],
+                                                            summary["ref_max_score"])
+        assert data.ref_max_score > data.ref_min_score
+        assert json.loads(data.eval_env_spec)["id"] == "Hopper-v5"
+        # Exactly one of terminal / timeout at every episode end, nowhere else.
+        ends = np.flatnonzero(np.diff(data.episode_ids, append=-1) != 0)
+        flags = data.terminals + data.timeouts
+        assert np.all(flags[ends] == 1) and flags.sum() == ends.size
+        saved = Path(dm.dataset_path(f"cdp/hopper/{kind}-v0")) / "behaviour_policy"
+        assert (saved / "selection.json").exists() and (saved / "config.json").exists()
+
+
+def test_episodes_end_where_the_env_ended(built):
+    """Replaying a recorded episode's actions from its reset seed reproduces its observations and
+    ends (terminated or truncated) exactly where the dataset says."""
+    import minari
+
+    ds = minari.load_dataset("cdp/hopper/medium-v0")
+    checked = 0
+    metadata = ds.storage.get_episode_metadata(ds.episode_indices)
+    for ep, meta in zip(ds.storage.get_episodes(ds.episode_indices), metadata, strict=True):
+        if meta.get("seed") is None:  # only the first episode of each env was reset with a seed
+            continue
+        env = gym.make("Hopper-v5")
+        obs, _ = env.reset(seed=meta["seed"])
+        np.testing.assert_allclose(obs, ep["observations"][0])
+        for t, action in enumerate(ep["actions"]):
+            obs, reward, terminated, truncated, _ = env.step(action)
+            np.testing.assert_allclose(obs, ep["observations"][t + 1], rtol=1e-6, atol=1e-8)
+            assert reward == pytest.approx(ep["rewards"][t])
+            assert terminated == ep["terminations"][t]
+            if t < len(ep["actions"]) - 1:
+                assert not (terminated or truncated)
+        checked += 1
+        env.close()
+    assert checked == 4
+
+
+def test_normalised_scores_expert_100_random_0(built, policy_dir):
+    data = dm.load("cdp/hopper/expert-v0")
+    sel = locomotion.select_policies(policy_dir)
+    state, _ = sac.load_actor(policy_dir, sel["expert_step"])
+    expert = sac.evaluate_policy(state, "Hopper-v5", 5, seed=777)["returns"]
+    random_returns = locomotion._episode_returns(None, "hopper", 30, seed=777)
+    assert abs(dm.normalized_score(data, expert).mean() - 100.0) < 10.0
+    assert abs(dm.normalized_score(data, random_returns).mean()) < 25.0
+
+
+def test_deterministic_and_rebuildable_from_the_saved_policies(built, policy_dir):
+    kw = dict(num_envs=4, num_random_episodes=30, num_expert_episodes=3)
+    again = locomotion.build("hopper", "medium", policy_dir, STEPS, seed=0,
+                             dataset_id="cdp/test/medium-again-v0", **kw)
+    other = locomotion.build("hopper", "medium", policy_dir, STEPS, seed=1,
+                             dataset_id="cdp/test/medium-seed1-v0", **kw)
+    copy = Path(dm.dataset_path("cdp/hopper/expert-v0")) / "behaviour_policy"
+    rebuilt = locomotion.build("hopper", "expert", copy, STEPS, seed=0,
+                               dataset_id="cdp/test/expert-rebuilt-v0", **kw)
+    assert rebuilt["ref_max_score"] == built["expert"]["ref_max_score"]
+    a, b, c = (dm.load(i) for i in ("cdp/hopper/medium-v0", again["dataset_id"],
+                                    other["dataset_id"]))
+    np.testing.assert_array_equal(a.observations, b.observations)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert a.observations.shape != c.observations.shape or not np.array_equal(a.actions, c.actions)
+    e, r = dm.load("cdp/hopper/expert-v0"), dm.load(rebuilt["dataset_id"])
+    np.testing.assert_array_equal(e.actions, r.actions)
+    with pytest.raises(FileNotFoundError, match="transitions.h5"):
+        locomotion.build("hopper", "medium-replay", copy, None,
+                         dataset_id="cdp/test/replay-from-copy-v0", **kw)
+
+
+def test_medium_replay_is_the_training_record(built, policy_dir):
+    data = dm.load("cdp/hopper/medium-replay-v0")
+    with h5py.File(policy_dir / "transitions.h5") as f:
+        n = len(data)
+        np.testing.assert_array_equal(data.observations, f["observations"][:n, 0]
+                                      .astype(np.float32))
+        np.testing.assert_array_equal(data.actions, f["actions"][:n, 0].astype(np.float32))
+        np.testing.assert_array_equal(data.terminals, f["terminations"][:n, 0])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="expected one of"):
+        locomotion.default_dataset_id("ant", "medium")
+    with pytest.raises(ValueError, match="expected one of"):
+        locomotion.default_dataset_id("hopper", "random")
