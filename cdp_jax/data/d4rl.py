@@ -181,9 +181,9 @@ def import_file(path: str | Path, task: str | None = None, dataset_id: str | Non
 
     Returns:
         ``dict(dataset_id, path, task, num_steps, num_episodes, num_terminated, size_bytes,
-        ref_min_score, ref_max_score, env_id, seconds)``.
+        ref_min_score, ref_max_score, env_id, seconds, cpu_seconds)``.
     """
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     task = task or task_from_filename(path)
     family = task_family(task)
     ref_min, ref_max = REFERENCE_SCORES[family]
@@ -238,4 +238,5 @@ def import_file(path: str | Path, task: str | None = None, dataset_id: str | Non
             "num_episodes": len(episodes),
             "num_terminated": int(sum(ep["terminations"][-1] for ep in episodes)),
             "size_bytes": directory_size(out), "ref_min_score": ref_min, "ref_max_score": ref_max,
-            "env_id": env_id, "seconds": time.perf_counter() - start}
+            "env_id": env_id, "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - start_cpu}

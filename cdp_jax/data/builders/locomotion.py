@@ -74,7 +74,7 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
                     log: Callable[[dict], None] | None = None) -> dict:
     """Train the SAC behaviour policies of ``env`` into ``policy_dir`` (see :func:`sac.train`).
 
-    Returns ``dict(policy_dir, evaluations, seconds)``.
+    Returns ``dict(policy_dir, evaluations, seconds, cpu_seconds)``.
     """
     from cdp_jax.agents import sac
 
@@ -83,12 +83,13 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
     if (policy_dir / "evaluations.json").exists():
         raise FileExistsError(f"{policy_dir} already holds a training run; choose another "
                               "--policy-dir or delete it.")
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     _, evaluations = sac.train(env_id(env), config, num_steps, seed, out_dir=policy_dir,
                                eval_every=eval_every, eval_episodes=eval_episodes,
                                record_transitions=True, progress=progress, log=log)
     return {"policy_dir": str(policy_dir), "evaluations": evaluations,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - start_cpu}
 
 
 def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_FRACTION,
@@ -334,11 +335,12 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
     Returns:
         ``dict(dataset_id, path, num_steps, num_episodes, size_bytes, ref_min_score,
         ref_max_score, medium_step, expert_step, medium_return, expert_return,
-        dataset_return_mean, seconds)``.
+        dataset_return_mean, seconds, cpu_seconds)``: ``seconds`` is wall time,
+        ``cpu_seconds`` this process's CPU time.
     """
     from cdp_jax.agents import sac
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     dataset_id = dataset_id or default_dataset_id(env, kind)
     default_dataset_id(env, kind)  # validates env and kind
     if kind != "medium-replay" and (num_steps is None or num_steps < 1):
@@ -397,4 +399,5 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
             "num_episodes": len(episodes), "size_bytes": directory_size(path),
             "ref_min_score": refs["ref_min_score"], "ref_max_score": refs["ref_max_score"],
             **selection, "dataset_return_mean": float(np.mean(returns)),
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - start_cpu}
