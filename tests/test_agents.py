@@ -65,11 +65,21 @@ def test_weight_zero_is_exactly_vanilla(monkeypatch, agent, overrides, make_batc
     assert m_zero["actor/loss"] == m_vanilla["actor/loss"]
     assert float(m_zero["actor/contraction_loss"]) == 0.0
 
-    penalised = dataclasses.replace(
-        config, contraction=contraction.ContractionConfig(weight=1.0, window=1.0))
-    s_pen, m_pen = _jit_update(agent)(state.replace(config=penalised), batch, key)
+
+
+def test_positive_weight_changes_the_update():
+    key = jax.random.PRNGKey(0)
+    config = dql.default_config(**TINY_DQL)
+    state = dql.init(key, config, 4, 2)
+    batch = _rl_batch(jax.random.PRNGKey(1))
+    penalised = dataclasses.replace(config, contraction=contraction.ContractionConfig(
+        weight=1.0, window=1.0, num_penalised=4, num_iters=2))
+    s_zero, _ = _jit_update(dql)(state, batch, key)
+    s_pen, m_pen = _jit_update(dql)(state.replace(config=penalised), batch, key)
     assert float(m_pen["actor/contraction_loss"]) > 0.0
-    assert not _tree_equal(s_pen.replace(config=config), s_zero)
+    assert "contraction/mu_mean" in m_pen
+    assert _tree_equal(s_pen.critic_params, s_zero.critic_params)  # critic step unaffected
+    assert not _tree_equal(s_pen.actor_params, s_zero.actor_params)
 
 
 def test_dql_update_shapes_and_losses_fall():
@@ -98,12 +108,15 @@ def test_dql_candidate_resampling_picks_high_q():
     obs = jax.random.normal(key, (3, 4))
     chosen = jax.jit(dql.act)(state, obs, key)
     chex.assert_shape(chosen, (3, 2))
-    # with a huge temperature the pick is the argmax of min-Q among the same candidates
-    cands = dql.sample_actions(config, state.ema_params, jnp.repeat(obs, 16, axis=0),
-                               jax.random.split(key)[0], 2, temperature=1.0)
-    q = dql._critic(config).apply(state.target_critic_params, jnp.repeat(obs, 16, axis=0),
-                                  cands).min(0).reshape(3, 16)
-    best = cands.reshape(3, 16, 2)[jnp.arange(3), jnp.argmax(q, axis=1)]
+
+    @jax.jit
+    def reference(state, obs, key):  # the argmax of min-Q among the same 16 candidates
+        obs_rep = jnp.repeat(obs, 16, axis=0)
+        cands = dql.sample_actions(config, state.ema_params, obs_rep, jax.random.split(key)[0], 2)
+        q = dql._critic(config).apply(state.target_critic_params, obs_rep, cands).min(0)
+        return cands.reshape(3, 16, 2)[jnp.arange(3), jnp.argmax(q.reshape(3, 16), axis=1)]
+
+    best = reference(state, obs, key)
     np.testing.assert_allclose(chosen, best, atol=1e-6)
 
 
@@ -140,7 +153,7 @@ def test_dbc_puts_samples_near_the_modes():
     (dql, "sampler", "rk45", "sampler"),
     (dql, "prediction", "score", "prediction"),
     (dbc, "n_action", 5, "n_action"),
-    (dbc, "actor_network", "unet", "actor_network"),
+    (dbc, "actor_network", "no_such_net", "actor_network"),
 ])
 def test_invalid_configs_name_the_field(agent, field, value, match):
     with pytest.raises(ValueError, match=match):

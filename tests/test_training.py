@@ -133,6 +133,7 @@ def test_invalid_configs_fail_before_compilation(tiny, monkeypatch):
         training.TrainConfig(agent="sac").validate()
 
 
+@pytest.mark.slow  # three compilations (vmapped init, single and vmapped chunk): ~30 s on CPU
 def test_vmapped_seeds_match_single_runs():
     """Several seeds in one program: vmap over the chunk equals each seed trained alone."""
     agent_config = dbc.default_config(hidden_dim=16, depth=1, time_dim=8, diffusion_steps=5,
