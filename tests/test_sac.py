@@ -137,6 +137,24 @@ def test_train_writes_snapshots_transitions_and_restores(tmp_path):
     assert not np.allclose(nxt[199], obs[200])
 
 
+def test_resume_continues_a_run(tmp_path):
+    sac.train("Pendulum-v1", TINY, 300, seed=3, out_dir=tmp_path, eval_every=300,
+              eval_episodes=1, record_transitions=True)
+    with pytest.raises(ValueError, match="cannot resume"):
+        sac.train("Pendulum-v1", sac.default_config(**SMALL), 600, seed=3, out_dir=tmp_path,
+                  record_transitions=True, resume=True)
+    state, evals = sac.train("Pendulum-v1", TINY, 600, seed=3, out_dir=tmp_path, eval_every=300,
+                             eval_episodes=1, record_transitions=True, resume=True)
+    assert [e["env_steps"] for e in evals] == [300, 600]
+    assert int(state.step) == 400  # 100 before the checkpoint, 300 after
+    assert json.loads((tmp_path / "config.json").read_text())["num_steps"] == 600
+    with h5py.File(tmp_path / "transitions.h5") as f:
+        assert f["rewards"].shape == (300, 2)
+        trunc = f["truncations"][:]
+    assert np.all(trunc[149])  # the episodes cut by the interruption end there
+    assert sac.load_actor(tmp_path)[1]["eval"]["env_steps"] == 600
+
+
 def test_train_is_deterministic_given_the_seed():
     a, ea = sac.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)
     b, eb = sac.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)

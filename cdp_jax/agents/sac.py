@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -284,14 +285,17 @@ class TransitionRecorder:
     ``cdp_jax.data.builders.locomotion``.
     """
 
-    def __init__(self, path: Path, num_envs: int, obs_dim: int, action_dim: int, block: int = 1000):
+    def __init__(self, path: Path, num_envs: int, obs_dim: int, action_dim: int, block: int = 1000,
+                 append: bool = False):
         import h5py
 
-        self.file = h5py.File(path, "w")
+        self.file = h5py.File(path, "a" if append else "w")
         shapes = {"observations": (obs_dim,), "next_observations": (obs_dim,),
                   "actions": (action_dim,), "rewards": (), "terminations": (), "truncations": ()}
         self.keys = tuple(shapes)
         for k, shape in shapes.items():
+            if append:
+                continue
             dtype = bool if k in ("terminations", "truncations") else np.float64
             self.file.create_dataset(k, (0, num_envs, *shape), maxshape=(None, num_envs, *shape),
                                      dtype=dtype, chunks=(block, num_envs, *shape))
@@ -323,7 +327,8 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
           out_dir: str | Path | None = None, eval_every: int = 10_000, eval_episodes: int = 10,
           record_transitions: bool = False, env_kwargs: dict | None = None,
           progress: Callable[[int], None] | None = None,
-          log: Callable[[dict], None] | None = None) -> tuple[SACState, list[dict]]:
+          log: Callable[[dict], None] | None = None,
+          resume: bool = False) -> tuple[SACState, list[dict]]:
     """Train SAC online for ``num_steps`` environment steps; return ``(state, evaluations)``.
 
     ``config.num_envs`` envs step together; every ``config.train_every`` vector steps, after
@@ -336,6 +341,12 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
     ``eval_return`` in ``meta.json``) at each evaluation; ``evaluations.json``; ``state/`` (the
     full last agent state); and with ``record_transitions`` every transition in
     ``transitions.h5`` (:class:`TransitionRecorder`), in collection order.
+
+    ``resume=True`` continues a run in ``out_dir`` (same env and config; ``record_transitions``
+    needed) from its last ``state/`` checkpoint up to ``num_steps``: the record is cut back to that
+    step and the episodes running there are marked truncated, the replay buffer is refilled from
+    the record, envs restart from fresh resets, and the randomness is re-derived from
+    ``(seed, step)``: deterministic, but not the same numbers as an uninterrupted run.
     """
     from cdp_jax import checkpoint
 
@@ -352,17 +363,25 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
     key, init_key = jax.random.split(key)
     state = init(init_key, config, obs_dim, action_dim)
     out = Path(out_dir) if out_dir is not None else None
-    recorder = None
-    if out is not None:
+    recorder, steps, evaluations = None, 0, []
+    if resume:
+        if out is None or not record_transitions:
+            raise ValueError("resume=True needs out_dir and record_transitions=True.")
+        state, steps, evaluations = _resume(out, env_id, config, state, checkpoint)
+        saved = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**saved, "num_steps": num_steps}, indent=2))
+        rng = np.random.default_rng([seed, steps])
+        key = jax.random.fold_in(key, steps)
+    elif out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(
             {"env_id": env_id, "seed": seed, "num_steps": num_steps, "eval_every": eval_every,
              "eval_episodes": eval_episodes, "env_kwargs": env_kwargs or {},
              "dims": {"obs_dim": obs_dim, "action_dim": action_dim},
              "sac": config_to_dict(config)}, indent=2))
-        if record_transitions:
-            recorder = TransitionRecorder(out / "transitions.h5", config.num_envs, obs_dim,
-                                          action_dim)
+    if out is not None and record_transitions:
+        recorder = TransitionRecorder(out / "transitions.h5", config.num_envs, obs_dim,
+                                      action_dim, append=resume)
 
     capacity = min(config.buffer_size, num_steps)
     buffer = {"observations": np.zeros((capacity, obs_dim), np.float32),
@@ -371,11 +390,13 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
               "next_observations": np.zeros((capacity, obs_dim), np.float32),
               "terminals": np.zeros((capacity,), np.float32)}
     size = cursor = 0
+    if resume:
+        size = _refill(buffer, out / "transitions.h5", envs.single_action_space)
+        cursor = size % capacity
     num_updates = config.num_envs * config.train_every * config.updates_per_step
-    evaluations: list[dict] = []
     obs, _ = envs.reset(seed=[int(s) for s in rng.integers(2**31, size=config.num_envs)])
-    envs.action_space.seed(int(rng.integers(2**31)))
-    steps, vector_steps, next_eval, start = 0, 0, eval_every, time.perf_counter()
+    vector_steps, next_eval = steps // config.num_envs, steps + eval_every
+    start = time.perf_counter()
     try:
         while steps < num_steps:
             if steps < config.learning_starts:
@@ -435,6 +456,53 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
         if recorder is not None:
             recorder.close()
     return state, evaluations
+
+
+def _resume(out: Path, env_id: str, config: SACConfig, template: SACState, checkpoint):
+    """Restore the last ``state/`` checkpoint of a run; cut its record and history back to it."""
+    import h5py
+
+    saved = json.loads((out / "config.json").read_text())
+    if saved["env_id"] != env_id or saved["sac"] != json.loads(json.dumps(config_to_dict(config))):
+        raise ValueError(f"cannot resume {out}: it was trained on {saved['env_id']} with "
+                         f"{saved['sac']}, not {env_id} with {config_to_dict(config)}.")
+    manager = checkpoint.CheckpointManager(out / "state", keep=1)
+    step = manager.latest_step()
+    if step is None:
+        raise checkpoint.CheckpointError(f"no state checkpoint to resume from under {out}/state.")
+    tree, _ = manager.restore({"state": template})
+    for path in (out / "snapshots").glob("step_*"):
+        if int(path.name.split("_")[1]) > step:  # saved after the state we resume from
+            shutil.rmtree(path)
+    evaluations = [e for e in json.loads((out / "evaluations.json").read_text())
+                   if e["env_steps"] <= step]
+    (out / "evaluations.json").write_text(json.dumps(evaluations, indent=2))
+    with h5py.File(out / "transitions.h5", "a") as f:
+        rows = step // config.num_envs
+        for k in f:
+            f[k].resize(rows, axis=0)
+        # The episodes running at the checkpoint end there: the envs restart from fresh resets.
+        f["truncations"][rows - 1] = ~f["terminations"][rows - 1]
+    return tree["state"], step, evaluations
+
+
+def _refill(buffer: dict, path: Path, action_space) -> int:
+    """Fill ``buffer`` with the last transitions of the record; return how many."""
+    import h5py
+
+    capacity = buffer["rewards"].shape[0]
+    low, high = np.asarray(action_space.low), np.asarray(action_space.high)
+    with h5py.File(path, "r") as f:
+        num_envs = f["rewards"].shape[1]
+        first = max(0, f["rewards"].shape[0] - capacity // num_envs)
+        flat = {k: f[k][first:].reshape(-1, *f[k].shape[2:]) for k in f}
+    n = flat["rewards"].shape[0]
+    buffer["observations"][:n] = flat["observations"]
+    buffer["next_observations"][:n] = flat["next_observations"]
+    buffer["actions"][:n] = 2.0 * (flat["actions"] - low) / (high - low) - 1.0  # env -> [-1, 1]
+    buffer["rewards"][:n] = flat["rewards"]
+    buffer["terminals"][:n] = flat["terminations"]
+    return n
 
 
 def _save_snapshot(out: Path, state: SACState, record: dict, checkpoint) -> None:

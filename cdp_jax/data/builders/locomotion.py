@@ -71,8 +71,9 @@ def default_dataset_id(env: str, kind: str) -> str:
 def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000, seed: int = 0,
                     *, config=None, eval_every: int = 10_000, eval_episodes: int = 10,
                     progress: Callable[[int], None] | None = None,
-                    log: Callable[[dict], None] | None = None) -> dict:
-    """Train the SAC behaviour policies of ``env`` into ``policy_dir`` (see :func:`sac.train`).
+                    log: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+    """Train the SAC behaviour policies of ``env`` into ``policy_dir`` (see :func:`sac.train`);
+    ``resume`` continues an interrupted or shorter run there up to ``num_steps``.
 
     Returns ``dict(policy_dir, evaluations, seconds, cpu_seconds)``.
     """
@@ -80,13 +81,14 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
 
     config = config or sac.default_config()
     policy_dir = Path(policy_dir)
-    if (policy_dir / "evaluations.json").exists():
+    if (policy_dir / "evaluations.json").exists() and not resume:
         raise FileExistsError(f"{policy_dir} already holds a training run; choose another "
-                              "--policy-dir or delete it.")
+                              "--policy-dir, delete it, or resume it (--resume).")
     start, start_cpu = time.perf_counter(), time.process_time()
     _, evaluations = sac.train(env_id(env), config, num_steps, seed, out_dir=policy_dir,
                                eval_every=eval_every, eval_episodes=eval_episodes,
-                               record_transitions=True, progress=progress, log=log)
+                               record_transitions=True, progress=progress, log=log,
+                               resume=resume)
     return {"policy_dir": str(policy_dir), "evaluations": evaluations,
             "seconds": time.perf_counter() - start,
             "cpu_seconds": time.process_time() - start_cpu}
