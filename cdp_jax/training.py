@@ -346,12 +346,15 @@ PRESETS = {
         "dql": {"sampler_steps": 5, "ema_start": 200, "contraction_weight": 0.1},
         "dbc": {"hidden_dim": 256, "sampler_steps": 10, "action_horizon": 4, "n_action": 2,
                 "contraction_weight": 0.1},
+        "idql": {"sampler_steps": 5, "ema_start": 200, "num_candidates": 16,
+                 "contraction_weight": 0.1},
     },
     "full": {
         "train": {"steps": 250_000, "eval_every": 20_000, "checkpoint_every": 20_000,
                   "updates_per_call": 1000, "eval_episodes": 50},
         "dql": {"num_candidates": 100, "noise_temperature": 0.5, "contraction_weight": 0.1},
         "dbc": {"contraction_weight": 0.1, "action_horizon": 1},
+        "idql": {"num_candidates": 100, "noise_temperature": 0.5, "contraction_weight": 0.1},
     },
 }
 

@@ -25,7 +25,7 @@ import time
 import tqdm
 
 from cdp_jax import training
-from cdp_jax.agents import common
+from cdp_jax.agents import CONFIGS, common
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
 from cdp_jax.data.builders import pointmaze
@@ -43,7 +43,11 @@ def parse_args(argv=None):
     defaults = training.TrainConfig()
     for field, kind in common.field_types(training.TrainConfig).items():
         flag = "--" + field.replace("_", "-")
-        if kind is bool:
+        if field == "agent":
+            parser.add_argument("--agent", choices=sorted(CONFIGS), default=None,
+                                help="dql: EDP + Diffusion-QL (default); dbc: diffusion BC; "
+                                     "idql: IQL critic + resampled diffusion BC")
+        elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"(default from the preset; base {getattr(defaults, field)})")
         else:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cdp_jax import contraction
-from cdp_jax.agents import dbc, dql
+from cdp_jax.agents import dbc, dql, idql
 
 TINY_DQL = dict(actor_hidden_dim=32, critic_hidden_dim=32, time_dim=16, diffusion_steps=10,
                 sampler_steps=3, ema_start=0)
@@ -44,8 +44,13 @@ def _jit_update(agent):
     return jax.jit(lambda state, batch, key: agent.update(state, batch, key))
 
 
+TINY_IDQL = dict(actor_hidden_dim=32, critic_hidden_dim=32, time_dim=16, diffusion_steps=10,
+                 sampler_steps=3, ema_start=0, num_candidates=4)
+
+
 @pytest.mark.parametrize("agent,overrides,make_batch", [
     (dql, TINY_DQL, lambda k: _rl_batch(k)),
+    (idql, TINY_IDQL, lambda k: _rl_batch(k)),
     (dbc, TINY_DBC, lambda k: {"observations": jax.random.normal(k, (32, 2, 4)),
                                "actions": jnp.tanh(jax.random.normal(k, (32, 3, 2)))}),
 ])
@@ -99,6 +104,20 @@ def test_dql_update_shapes_and_losses_fall():
     actions = jax.jit(dql.act)(state, batch["observations"][:5], key)
     chex.assert_shape(actions, (5, 2))
     assert float(jnp.abs(actions).max()) <= 1.0
+
+
+def test_idql_losses_fall_and_act_shapes():
+    key = jax.random.PRNGKey(0)
+    state = idql.init(key, idql.default_config(**TINY_IDQL), 4, 2)
+    batch = _rl_batch(jax.random.PRNGKey(1), batch=128)
+    step = lambda s, k: idql.update(s, batch, k)
+    state, metrics = jax.jit(lambda s, k: jax.lax.scan(step, s, jax.random.split(k, 150)))(
+        state, key)
+    bc, v = np.asarray(metrics["actor/bc_loss"]), np.asarray(metrics["value/loss"])
+    assert bc[-20:].mean() < 0.7 * bc[:20].mean()
+    assert np.all(np.isfinite(v)) and np.all(np.isfinite(np.asarray(metrics["critic/loss"])))
+    actions = jax.jit(idql.act)(state, batch["observations"][:5], key)
+    chex.assert_shape(actions, (5, 2))
 
 
 def test_dql_candidate_resampling_picks_high_q():

@@ -2,16 +2,17 @@
 
 * ``dql``: Diffusion-QL / EDP (offline RL on transitions), the official CDP RL setting.
 * ``dbc``: diffusion behaviour cloning with observation history and action chunks (imitation).
+* ``idql``: IQL critic + value, diffusion behaviour actor, critic-resampled candidates (offline RL).
 
 ``AGENTS[name]`` is the module; ``CONFIGS[name]`` its config dataclass; ``DATA[name]`` the batch
 layout it trains on (``"transitions"`` or ``"windows"``).
 """
 
-from cdp_jax.agents import dbc, dql
+from cdp_jax.agents import dbc, dql, idql
 
-AGENTS = {"dql": dql, "dbc": dbc}
-CONFIGS = {"dql": dql.DQLConfig, "dbc": dbc.DBCConfig}
-DATA = {"dql": "transitions", "dbc": "windows"}
+AGENTS = {"dql": dql, "dbc": dbc, "idql": idql}
+CONFIGS = {"dql": dql.DQLConfig, "dbc": dbc.DBCConfig, "idql": idql.IDQLConfig}
+DATA = {"dql": "transitions", "dbc": "windows", "idql": "transitions"}
 
 
 def get_agent(name: str):
