@@ -167,3 +167,45 @@ def test_main_command_reduced(datasets_path, tmp_path, monkeypatch):
     assert "normalized_score" in out.stdout and "run directory" in out.stdout
     assert (tmp_path / "run" / "eval.json").exists()
     assert checkpoint.list_steps(tmp_path / "run" / "checkpoints") == [250, 500]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
+    """SIGKILL a training process after its first checkpoint, resume it in a new process: the
+    final parameters and metrics equal those of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(datasets_path)}
+    base = [sys.executable, "experiments/train.py", "--dataset", DATASET, "--steps", "400",
+            "--updates-per-call", "50", "--eval-every", "200", "--checkpoint-every", "100",
+            "--eval-episodes", "2", "--eval-envs", "2", "--batch-size", "32", "--no-progress",
+            "--set", "actor_hidden_dim=32", "--set", "critic_hidden_dim=32",
+            "--set", "sampler_steps=3"]
+    straight = subprocess.run(base + ["--run-dir", str(tmp_path / "a")], env=env, cwd=root,
+                              capture_output=True, text=True, timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    proc = subprocess.Popen(base + ["--run-dir", str(tmp_path / "b")], env=env, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = checkpoint.step_dir(tmp_path / "b" / "checkpoints", 100)
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.list_steps(tmp_path / "b" / "checkpoints")
+    assert killed_at and killed_at[-1] < 400
+    resumed = subprocess.run(base + ["--run-dir", str(tmp_path / "b"), "--resume"], env=env,
+                             cwd=root, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = training.load_policy(tmp_path / "a"), training.load_policy(tmp_path / "b")
+    assert _leaves_equal(a[2], b[2])
+    assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
+    eval_a = json.loads((tmp_path / "a" / "eval.json").read_text())["evaluations"]
+    eval_b = json.loads((tmp_path / "b" / "eval.json").read_text())["evaluations"]
+    assert eval_a == eval_b
