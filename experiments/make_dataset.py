@@ -5,6 +5,7 @@ Examples::
     python experiments/make_dataset.py pointmaze --maze umaze   # quickstart: cdp/pointmaze/umaze-v0
     python experiments/make_dataset.py pointmaze --maze medium --num-steps 1000000
     python experiments/make_dataset.py random --env-id Hopper-v5 --num-steps 100000
+    python experiments/make_dataset.py fetch --task push --num-demos 200   # cdp/fetch/push-v0
 
 Datasets go to ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``); load them with
 ``cdp_jax.data.minari.load(<dataset id>)``. A build is written to a hidden scratch directory and
@@ -19,7 +20,7 @@ import sys
 
 from tqdm import tqdm
 
-from cdp_jax.data.builders import pointmaze, random_policy
+from cdp_jax.data.builders import fetch, pointmaze, random_policy
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +45,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     rnd.add_argument("--num-steps", type=int, default=100_000)
     rnd.add_argument("--max-episode-steps", type=int, default=None)
 
-    for p in (pm, rnd):
+    fe = sub.add_parser("fetch", help="Fetch Push / PickAndPlace: scripted waypoint expert demos")
+    fe.add_argument("--task", default="pickandplace", choices=sorted(fetch.TASKS))
+    fe.add_argument("--num-demos", type=int, default=200, help="episodes written (50 steps each)")
+    fe.add_argument("--action-noise", type=float, default=0.1,
+                    help="std of Gaussian noise on the commanded gripper motion")
+    fe.add_argument("--keep-failures", action="store_true",
+                    help="also write unsuccessful episodes (default: successful ones only)")
+    fe.add_argument("--num-reference-episodes", type=int, default=50,
+                    help="evaluation episodes for ref_min_score / ref_max_score")
+
+    for p in (pm, rnd, fe):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--dataset-id", default=None,
                        help="Minari id (namespace/name-v<version>); default depends on the builder")
@@ -55,8 +66,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with tqdm(total=args.num_steps, unit="step", desc=f"{args.builder} dataset") as bar:
-        if args.builder == "pointmaze":
+    fetch_build = args.builder == "fetch"
+    with tqdm(total=args.num_demos if fetch_build else args.num_steps,
+              unit="episode" if fetch_build else "step", desc=f"{args.builder} dataset") as bar:
+        if fetch_build:
+            summary = fetch.build(
+                args.task, args.num_demos, args.seed, args.dataset_id,
+                action_noise=args.action_noise, keep_failures=args.keep_failures,
+                num_reference_episodes=args.num_reference_episodes, overwrite=args.overwrite,
+                progress=bar.update, stage=bar.set_postfix_str,
+            )
+        elif args.builder == "pointmaze":
             summary = pointmaze.build(
                 args.maze, args.num_steps, args.seed, args.dataset_id,
                 action_noise=args.action_noise, max_episode_steps=args.max_episode_steps,
