@@ -167,6 +167,15 @@ def test_main_command_reduced(datasets_path, tmp_path, monkeypatch):
     assert "normalized_score" in out.stdout and "run directory" in out.stdout
     assert (tmp_path / "run" / "eval.json").exists()
     assert checkpoint.list_steps(tmp_path / "run" / "checkpoints") == [250, 500]
+    best = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())["step"]
+    cmd = [sys.executable, "experiments/evaluate.py", str(tmp_path / "run"), "--checkpoint",
+           "best", "--episodes", "2", "--envs", "2", "--candidates", "4", "--tag", "c4"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / f"eval_{best}_c4.json").read_text())
+    assert record["evaluations"][0]["candidates"] == 4
+    assert record["evaluations"][0]["episodes"] == 2
 
 
 @pytest.mark.slow
