@@ -1,5 +1,5 @@
 """SAC: the tanh-Gaussian log-density, the update under jit / scan, the host loop and its outputs,
-and (slow) that it solves InvertedPendulum-v5."""
+and (slow) that it solves Pendulum-v1."""
 
 import json
 
@@ -164,9 +164,9 @@ def test_train_is_deterministic_given_the_seed():
 
 
 @pytest.mark.slow
-def test_sac_solves_inverted_pendulum():
-    """InvertedPendulum-v5 is solved at return 1000 (balanced for the whole 1000-step episode)."""
-    config = sac.default_config(hidden_dims=(64, 64), learning_starts=1000)
-    _, evals = sac.train("InvertedPendulum-v5", config, 15_000, seed=0, eval_every=2500,
-                         eval_episodes=5)
-    assert max(e["return_mean"] for e in evals) >= 950.0, evals
+def test_sac_solves_pendulum():
+    """Pendulum-v1 counts as solved around a return of -200 (-150 for the best agents); SAC with
+    the default setting gets there within 10k env steps (measured: -127 at 10k, seed 0)."""
+    config = sac.default_config(learning_starts=1000)
+    _, evals = sac.train("Pendulum-v1", config, 10_000, seed=0, eval_every=2000, eval_episodes=10)
+    assert max(e["return_mean"] for e in evals) >= -200.0, evals

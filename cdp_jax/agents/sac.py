@@ -36,7 +36,13 @@ import numpy as np
 import optax
 from flax import struct
 
-from cdp_jax.agents.common import check_positive, config_to_dict, ema_update, make_optimizer
+from cdp_jax.agents.common import (
+    check_positive,
+    config_from_dict,
+    config_to_dict,
+    ema_update,
+    make_optimizer,
+)
 
 _LOG2 = float(np.log(2.0))
 
@@ -523,8 +529,7 @@ def load_actor(snapshot_dir: str | Path, step: int | None = None) -> tuple[SACSt
 
     out = Path(snapshot_dir)
     saved = json.loads((out / "config.json").read_text())
-    config = SACConfig(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in saved["sac"].items()})
+    config = config_from_dict(SACConfig, saved["sac"])
     meta_dims = saved.get("dims")
     if meta_dims is None:
         import gymnasium as gym
