@@ -114,7 +114,9 @@ def lanczos_top_eigenvector(matvec: Callable, key: jax.Array, dim: int, num_iter
     zero = jnp.zeros((), dtype)
     init = (jnp.zeros((k, d), dtype), jnp.zeros((k,), dtype), jnp.zeros((k,), dtype), v,
             jnp.zeros_like(v), zero, zero)
-    basis, alphas, betas, *_ = jax.lax.fori_loop(0, k, body, init)
+    # Unrolled for the small K used in training: XLA then fuses across steps (a rolled loop pays
+    # per-iteration dispatch of many tiny kernels on CPU); large K (tests, diagnostics) stays rolled.
+    basis, alphas, betas, *_ = jax.lax.fori_loop(0, k, body, init, unroll=k <= 16)
     off = betas[: k - 1]
     tri = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
     evals, evecs = jnp.linalg.eigh(tri)
@@ -145,8 +147,10 @@ def max_sym_eigenvalue(fn: Callable, x: jax.Array, key: jax.Array, num_iters: in
       fn: map from arrays of ``x.shape`` to arrays of ``x.shape`` (one point, not batched).
       x: the point, any shape (flattened to ``d = x.size``).
       key: PRNG key for the start vector.
-      num_iters: Lanczos steps ``K`` (capped at ``d``). About ``K = 8`` gives 1e-3 relative accuracy
-        on small MLPs at ``d <= 7``; see the tests for the ``K`` each case needs.
+      num_iters: Lanczos steps ``K`` (capped at ``d``; ``K = d`` is exact). For 1e-3 relative
+        accuracy the tests needed ``K = 40`` on the spectrum linspace(-5, 0.3, 64) and ``K = 48``
+        on random 64-d tanh-MLP Jacobians; the training penalty uses ``K = 4`` (it needs an
+        expanding direction, not the exact value).
 
     Returns:
       Scalar estimate of ``mu``, dtype of ``x``. Vmappable over ``(x, key)``.
