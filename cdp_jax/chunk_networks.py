@@ -55,6 +55,30 @@ class TimeObsConditioning(nn.Module):
         return jnp.concatenate([temb, cond.reshape(cond.shape[0], -1)], axis=-1)
 
 
+class TemporalConv(nn.Module):
+    """1-D convolution over the time axis of ``(B, L, C)``, "SAME" zero padding, as one matmul.
+
+    The ``kernel_size`` shifted copies of the padded input are concatenated on the channel axis
+    (im2col) and hit one ``Dense``: the same linear map as ``nn.Conv``, but XLA:CPU runs its
+    convolution kernels for short sequences with many channels up to ~50x slower than the matmul
+    (measured: ``(128, 4, 256)``, kernel 5: 477 ms vs 11 ms). ``stride`` keeps every
+    ``stride``-th output (length ``ceil(L / stride)``).
+    """
+
+    features: int
+    kernel_size: int = 5
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        length, k = h.shape[1], self.kernel_size
+        left = (k - 1) // 2
+        padded = jnp.pad(h, ((0, 0), (left, k - 1 - left), (0, 0)))
+        patches = jnp.concatenate(
+            [padded[:, i:i + length:self.stride] for i in range(k)], axis=-1)
+        return nn.Dense(self.features)(patches)
+
+
 class Conv1dBlock(nn.Module):
     """Conv1d -> GroupNorm -> activation on ``(B, L, C)``."""
 
@@ -65,7 +89,7 @@ class Conv1dBlock(nn.Module):
 
     @nn.compact
     def __call__(self, h: jax.Array) -> jax.Array:
-        h = nn.Conv(self.features, (self.kernel_size,), padding="SAME")(h)
+        h = TemporalConv(self.features, self.kernel_size)(h)
         h = nn.GroupNorm(num_groups=self.num_groups)(h)
         return get_activation(self.activation)(h)
 
@@ -87,7 +111,7 @@ class FiLMResidualBlock(nn.Module):
         film = nn.Dense(2 * self.features)(get_activation(self.activation)(c))
         scale, shift = jnp.split(film[:, None, :], 2, axis=-1)
         out = block()(scale * out + shift)
-        skip = h if h.shape[-1] == self.features else nn.Conv(self.features, (1,))(h)
+        skip = h if h.shape[-1] == self.features else nn.Dense(self.features)(h)  # 1x1 conv
         return out + skip
 
 
@@ -127,7 +151,7 @@ class ChunkUNet(nn.Module):
             h = res(features)(h, c)
             skips.append(h)
             if level < len(self.down_dims) - 1:
-                h = nn.Conv(features, (3,), strides=(2,), padding=((1, 1),))(h)
+                h = TemporalConv(features, 3, stride=2)(h)
         for _ in range(2):
             h = res(self.down_dims[-1])(h, c)
         for level in reversed(range(len(self.down_dims) - 1)):
@@ -137,7 +161,7 @@ class ChunkUNet(nn.Module):
             h = res(features)(h, c)
             h = res(features)(h, c)
         h = Conv1dBlock(self.down_dims[0], self.kernel_size, self.num_groups, self.activation)(h)
-        out = nn.Conv(chunk.shape[-1], (1,))(h)[:, :horizon]
+        out = nn.Dense(chunk.shape[-1])(h)[:, :horizon]  # 1x1 conv
         return out.reshape(x.shape)
 
 
