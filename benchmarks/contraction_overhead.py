@@ -134,10 +134,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--forward-all", action="store_true",
                         help="also time the forward pass (loss only) of every variant")
+    parser.add_argument("--dims", type=int, nargs="+", choices=sorted(EVENT_SHAPES),
+                        help="action sizes to run (default: all, or 3 112 with --quick)")
+    parser.add_argument("--skip", nargs="+", default=(),
+                        help="variant names to leave out (e.g. exact_100%% at d = 224: minutes)")
     parser.add_argument("--out", default="benchmarks/results/contraction_overhead.json")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
-    dims = [3, 112] if args.quick else list(EVENT_SHAPES)
+    dims = args.dims or ([3, 112] if args.quick else list(EVENT_SHAPES))
     schedule = schedules.cosine(50)
     optimiser = optax.adam(3e-4)
     results = []
@@ -154,6 +158,8 @@ def main():
         opt_state = optimiser.init(params)
         calls = {}
         for name, (config, regulariser) in variants(args.quick).items():
+            if name in args.skip:
+                continue
             step, loss = make_step(model, schedule, optimiser, config, regulariser)
             calls[name] = (step, (params, opt_state, x0, obs, key))
             if name in FORWARD_TIMED or args.forward_all:
