@@ -6,6 +6,11 @@ Examples::
     python experiments/make_dataset.py pointmaze --maze medium --num-steps 1000000
     python experiments/make_dataset.py random --env-id Hopper-v5 --num-steps 100000
     python experiments/make_dataset.py fetch --task push --num-demos 200   # cdp/fetch/push-v0
+    python experiments/make_dataset.py locomotion-train --env hopper --policy-dir runs/hopper
+    python experiments/make_dataset.py locomotion --env hopper --kind medium --policy-dir runs/hopper
+    python experiments/make_dataset.py d4rl --file hopper_medium-v2.hdf5  # cdp/d4rl/hopper-medium-v2
+
+See docs/DATASETS.md for every dataset: recipe, size, build time, differences from D4RL.
 
 Datasets go to ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``); load them with
 ``cdp_jax.data.minari.load(<dataset id>)``. A build is written to a hidden scratch directory and
@@ -20,7 +25,8 @@ import sys
 
 from tqdm import tqdm
 
-from cdp_jax.data.builders import fetch, pointmaze, random_policy
+from cdp_jax.data import d4rl
+from cdp_jax.data.builders import fetch, locomotion, pointmaze, random_policy
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +61,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     fe.add_argument("--num-reference-episodes", type=int, default=50,
                     help="evaluation episodes for ref_min_score / ref_max_score")
 
-    for p in (pm, rnd, fe):
+    lt = sub.add_parser("locomotion-train",
+                        help="train the SAC behaviour policies of a locomotion env (D4RL recipe)")
+    lt.add_argument("--env", required=True, choices=sorted(locomotion.ENVS))
+    lt.add_argument("--policy-dir", required=True, help="output directory, e.g. runs/behaviour/hopper")
+    lt.add_argument("--num-steps", "--steps", type=int, default=1_000_000, help="SAC env steps")
+    lt.add_argument("--eval-every", type=int, default=10_000)
+    lt.add_argument("--eval-episodes", type=int, default=10)
+    lt.add_argument("--sac", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="SACConfig overrides, e.g. num_envs=4 batch_size=256")
+    lt.add_argument("--resume", action="store_true",
+                    help="continue the run in --policy-dir up to --num-steps")
+
+    loc = sub.add_parser("locomotion", help="medium / medium-replay / expert / medium-expert "
+                         "from trained behaviour policies (D4RL recipe)")
+    loc.add_argument("--env", required=True, choices=sorted(locomotion.ENVS))
+    loc.add_argument("--kind", required=True, choices=locomotion.KINDS)
+    loc.add_argument("--policy-dir", required=True,
+                     help="a locomotion-train directory, or a dataset's behaviour_policy/")
+    loc.add_argument("--num-steps", "--steps", type=int, default=None,
+                     help="steps per policy (default 1000000; medium-replay: all of the buffer)")
+    loc.add_argument("--medium-step", type=int, default=None, help="override the medium snapshot")
+    loc.add_argument("--expert-step", type=int, default=None, help="override the expert snapshot")
+    loc.add_argument("--num-envs", type=int, default=10, help="vector envs for the rollouts")
+
+    d4 = sub.add_parser("d4rl", help="import an original D4RL HDF5 file")
+    d4.add_argument("--file", required=True, help="the D4RL .hdf5 file")
+    d4.add_argument("--task", default=None, help="D4RL task name; default from the file name")
+
+    for p in (pm, rnd, fe, lt, loc, d4):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--dataset-id", default=None,
                        help="Minari id (namespace/name-v<version>); default depends on the builder")
@@ -64,8 +98,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _main_locomotion(args) -> dict:
+    """The locomotion-train / locomotion / d4rl subcommands; returns the summary."""
+    if args.builder == "locomotion-train":
+        from cdp_jax.agents import sac
+        from cdp_jax.agents.common import apply_overrides
+
+        config = apply_overrides(sac.default_config(), args.sac).validate()
+        with tqdm(total=args.num_steps, unit="step", desc="SAC") as bar:
+            summary = locomotion.train_behaviour(
+                args.env, args.policy_dir, args.num_steps, args.seed, config=config,
+                eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                progress=bar.update, log=lambda r: bar.write(json.dumps(r)), resume=args.resume)
+        return {**summary, "evaluations": summary["evaluations"][-1:]}
+    if args.builder == "locomotion":
+        steps = args.num_steps or (None if args.kind == "medium-replay" else 1_000_000)
+        total = None if steps is None else steps * (2 if args.kind == "medium-expert" else 1)
+        with tqdm(total=total, unit="step", desc=f"{args.env} {args.kind}") as bar:
+            return locomotion.build(
+                args.env, args.kind, args.policy_dir, steps, args.seed, args.dataset_id,
+                medium_step=args.medium_step, expert_step=args.expert_step,
+                num_envs=args.num_envs, overwrite=args.overwrite, progress=bar.update)
+    return d4rl.import_file(args.file, args.task, args.dataset_id, overwrite=args.overwrite)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.builder in ("locomotion-train", "locomotion", "d4rl"):
+        print(json.dumps(_main_locomotion(args), indent=2))
+        return 0
     fetch_build = args.builder == "fetch"
     with tqdm(total=args.num_demos if fetch_build else args.num_steps,
               unit="episode" if fetch_build else "step", desc=f"{args.builder} dataset") as bar:
