@@ -94,7 +94,9 @@ def sample_actions(config: DQLConfig, actor_params, obs: jax.Array, key: jax.Arr
     """Actions ``(B, action_dim)`` from the diffusion actor by the configured sampler, clipped."""
     schedule = make_schedule(config.schedule, config.diffusion_steps)
     actor = _actor(config)
-    denoiser = lambda x, t, c: actor.apply(actor_params, x, t, c)
+    # A sampler evaluates the whole batch at one noise level (samplers._make_model broadcasts a
+    # scalar t): passing it as t (1,) lets the actor run its time path once, not on B equal rows.
+    denoiser = lambda x, t, c: actor.apply(actor_params, x, t[:1], c)
     a = samplers.sample(denoiser, schedule, key, (obs.shape[0], action_dim), cond=obs,
                         method=config.sampler, steps=config.sampler_steps,
                         prediction=config.prediction, clip_x0=(-1.0, 1.0), temperature=temperature)
@@ -136,9 +138,12 @@ def actor_loss(actor_params, state: DQLState, critic_params, batch: dict, key: j
         new_actions = jnp.clip(new_actions, -1.0, 1.0)
     else:  # Diffusion-QL: the whole reverse chain, differentiated
         new_actions = sample_actions(config, actor_params, obs, key_chain, state.action_dim)
-    q = critic.apply(critic_params, obs, new_actions)  # (2, B)
-    first = jax.random.bernoulli(key_order)
-    q_i, q_j = jnp.where(first, q[0], q[1]), jnp.where(first, q[1], q[0])
+    # Q_i and Q_j head by head: the gradient then runs back through Q_i only (one critic head's
+    # backward pass less than selecting from the (2, B) output of both heads).
+    i = jax.random.bernoulli(key_order).astype(jnp.int32)
+    q_i = networks.apply_critic_head(critic, critic_params, i, obs, new_actions)
+    q_j = networks.apply_critic_head(critic, critic_params, 1 - i, obs,
+                                   jax.lax.stop_gradient(new_actions))
     q_loss = -q_i.mean() / jax.lax.stop_gradient(jnp.abs(q_j).mean())
 
     reg, reg_metrics = contraction.contraction_regulariser(
