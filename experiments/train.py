@@ -10,6 +10,14 @@ the logs and checkpoints went (``runs/quickstart/``)::
     python experiments/train.py --preset full --dataset D4RL/pointmaze/umaze-v2 --name pm_full
     python experiments/train.py --set eta=2.0 --set contraction.penalty=frobenius
     python experiments/train.py --name quickstart --resume        # continue after an interruption
+    python experiments/train.py --seeds 0-9 --fraction 0.1   # 10 seeds in one jitted program
+    python experiments/train.py --seeds 0-7 --parallel seeds # seeds split across the devices
+    python experiments/train.py --parallel data --device gpu # each batch split across GPUs
+
+``--seeds`` trains the seeds as one vmapped program (each its own episodes when a fraction is
+asked for) and writes ``runs/<name>/seed_<k>/`` exactly as a single-seed run would, plus
+``runs/<name>/seeds.json``. ``--distributed`` calls ``jax.distributed.initialize()`` first (one
+process per host, cluster settings from the environment), then the same meshes span every host.
 
 Every ``TrainConfig`` field is a flag (``--eval-every``, ``--batch-size``, ...); every agent field
 is reachable with ``--set FIELD=VALUE`` (nested: ``--set contraction.window=1.0``).
@@ -24,7 +32,7 @@ import time
 
 import tqdm
 
-from cdp_jax import training
+from cdp_jax import parallel, training
 from cdp_jax.agents import CONFIGS, common
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
@@ -59,6 +67,16 @@ def parse_args(argv=None):
                         help="DQL: critic-resampled candidate actions at evaluation (official 100)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override an agent config field, e.g. eta=2 or contraction.window=1")
+    parser.add_argument("--seeds", default=None, metavar="SEEDS",
+                        help="train several seeds in one program: '0-9' or '0,3,5' (overrides --seed)")
+    parser.add_argument("--parallel", choices=parallel.PARALLEL_MODES, default="none",
+                        help="none; data: split each batch over all devices; seeds: split the "
+                             "seeds over all devices")
+    parser.add_argument("--device", choices=parallel.DEVICE_KINDS, default="auto",
+                        help="refuse to run unless JAX's backend is this one (no silent CPU "
+                             "fallback)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host: jax.distributed.initialize() before anything else")
     parser.add_argument("--build-steps", type=int, default=200_000,
                         help="environment steps recorded if a local PointMaze dataset is built")
     return parser.parse_args(argv)
@@ -103,8 +121,21 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
     config, agent_config = make_configs(args)
+    seeds = training.parse_seeds(args.seeds) if args.seeds is not None else None
+    if args.parallel == "seeds" and seeds is None:
+        raise SystemExit("--parallel seeds needs --seeds (e.g. --seeds 0-3).")
+    print(parallel.setup(args.device, args.distributed), flush=True)
     ensure_dataset(config.dataset, args.build_steps)
-    summary = training.train(config, agent_config)
+    if seeds is not None:
+        summary = training.train_seeds(config, agent_config, seeds, args.parallel)
+        for seed, ev in summary["eval"].items():
+            print(f"seed {seed}: {ev['metric']} (last, step {ev['last']['gradient_step']}) "
+                  f"{ev['last'][ev['metric']]:.1f}; success rate {ev['last']['success_rate']:.2f}")
+        print(f"mean over {len(seeds)} seeds: {summary['last_mean']:.1f} +- {summary['last_std']:.1f}"
+              f" (std); run directories: {summary['run_dir']}/seed_<k>/, summary in seeds.json")
+        print(f"wall time: {time.perf_counter() - start:.0f} s")
+        return 0
+    summary = training.train(config, agent_config, args.parallel)
     ev = summary["eval"]
     metric = ev["metric"]
     print(json.dumps({"last": {k: ev["last"].get(k) for k in

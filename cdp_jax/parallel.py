@@ -1,0 +1,115 @@
+"""Devices, meshes and shardings for training: one code path for one device, many devices and
+many hosts, built on ``jax.sharding`` (no launcher, no parameter server).
+
+Parallel modes (:data:`PARALLEL_MODES`), each a 1-d :class:`jax.sharding.Mesh` over all devices:
+
+* ``"none"``: no mesh; arrays live on the default device.
+* ``"data"``: the train state and the dataset are replicated, each batch ``(K, B, ...)`` is split
+  along ``B`` (axis ``"batch"``); XLA's partitioner turns the batch means of the losses into
+  all-reduces, so the parameters equal the single-device run up to float reassociation.
+* ``"seeds"``: the seed axis of a vmapped train state (and of per-seed datasets) is split across
+  devices (axis ``"seeds"``); seeds never communicate.
+
+With ``jax.distributed.initialize`` (:func:`setup` with ``distributed=True``) ``jax.devices()`` is
+the global device list and the same meshes span every host; arrays are assembled from each
+process's (identical) host copy by :func:`put`, and read back by :func:`to_host`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PARALLEL_MODES = ("none", "data", "seeds")
+DEVICE_KINDS = ("auto", "cpu", "gpu", "tpu")
+MESH_AXIS = {"data": "batch", "seeds": "seeds"}
+
+
+def setup(device: str = "auto", distributed: bool = False) -> str:
+    """Initialise multi-host JAX if asked, check the backend, return a one-line description.
+
+    ``device`` other than ``"auto"`` must be JAX's default backend: asking for ``"gpu"`` on a
+    machine where JAX only finds the CPU raises instead of silently training on the CPU.
+    """
+    if device not in DEVICE_KINDS:
+        raise ValueError(f"Invalid device={device!r}; expected one of {DEVICE_KINDS}.")
+    if distributed:  # coordinator, process count and id come from the cluster environment
+        jax.distributed.initialize()
+    backend = jax.default_backend()
+    if device != "auto" and backend != device:
+        raise RuntimeError(
+            f"--device {device} was asked for but JAX's backend is {backend!r} (devices: "
+            f"{jax.devices()}); install the matching jaxlib plugin (e.g. `pip install "
+            "'jax[cuda12]'`) or pass --device auto to accept the CPU.")
+    return (f"JAX backend: {backend}; process {jax.process_index()} of {jax.process_count()}; "
+            f"{jax.device_count()} device(s): {jax.devices()}")
+
+
+def make_mesh(mode: str, devices=None) -> Mesh | None:
+    """The 1-d mesh of ``mode`` over ``devices`` (default: all, across hosts); ``None`` for
+    ``"none"``."""
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"Invalid parallel mode {mode!r}; expected one of {PARALLEL_MODES}.")
+    if mode == "none":
+        return None
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devices.reshape(-1), (MESH_AXIS[mode],))
+
+
+def check_divisible(mesh: Mesh | None, size: int, what: str) -> None:
+    """Raise unless ``size`` (the batch or the number of seeds) splits evenly over ``mesh``."""
+    if mesh is not None and size % mesh.size:
+        raise ValueError(f"{what}={size} must be a multiple of the number of devices "
+                         f"({mesh.size}) to be split across them.")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def leading(mesh: Mesh) -> NamedSharding:
+    """Split the leading axis over the mesh (seeds), replicate the rest."""
+    return NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+
+
+def batch_axis(mesh: Mesh) -> NamedSharding:
+    """For pre-sampled batches ``(K, B, ...)``: split ``B``."""
+    return NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
+
+
+def put(tree, sharding: NamedSharding | None):
+    """Place a pytree of host arrays once: on the default device (``sharding=None``) or as global
+    arrays of ``sharding``, built from this process's full host copy (works across hosts)."""
+    if sharding is None:
+        return jax.tree.map(lambda x: jax.device_put(np.asarray(x)), tree)
+
+    def one(x):
+        x = np.asarray(x)
+        if x.dtype == np.float64 and not jax.config.jax_enable_x64:
+            x = x.astype(np.float32)
+        elif x.dtype == np.int64 and not jax.config.jax_enable_x64:
+            x = x.astype(np.int32)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(tree):
+    """Numpy copy of a pytree of (possibly multi-host, sharded) arrays, on every process."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+def constrain(tree, sharding: NamedSharding | None):
+    """``with_sharding_constraint`` inside jitted code; identity without a sharding."""
+    if sharding is None:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, sharding)
