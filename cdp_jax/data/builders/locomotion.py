@@ -1,7 +1,7 @@
 """MuJoCo locomotion datasets made with D4RL's recipe, on gymnasium's ``Hopper-v5``,
 ``HalfCheetah-v5`` and ``Walker2d-v5``, from behaviour policies the project trains itself.
 
-Recipe (Fu et al. 2020, section 5), step by step:
+Recipe (Fu et al. 2020, "D4RL"), step by step:
 
 1. :func:`train_behaviour` trains SAC (:mod:`cdp_jax.agents.sac`) online, evaluating the
    deterministic policy every ``eval_every`` env steps and keeping an actor snapshot each time, and
