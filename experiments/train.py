@@ -124,7 +124,10 @@ def main(argv=None) -> int:
     seeds = training.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.parallel == "seeds" and seeds is None:
         raise SystemExit("--parallel seeds needs --seeds (e.g. --seeds 0-3).")
-    print(parallel.setup(args.device, args.distributed), flush=True)
+    try:
+        print(parallel.setup(args.device, args.distributed), flush=True)
+    except RuntimeError as err:  # asked for an accelerator JAX cannot see: no silent CPU run
+        raise SystemExit(f"error: {err}") from None
     ensure_dataset(config.dataset, args.build_steps)
     if seeds is not None:
         summary = training.train_seeds(config, agent_config, seeds, args.parallel)

@@ -124,6 +124,8 @@ def test_vmapped_seeds_equal_single_runs_without_host_transfers(name):
     seeds_chunk.lower(*inputs).compile()
     with jax.transfer_guard("disallow"):
         batched, new_keys, metrics = seeds_chunk(*inputs)
+        with pytest.raises(Exception, match="Disallowed host-to-device"):  # the guard is live
+            seeds_chunk(inputs[0], stacked, inputs[2], inputs[3])
     assert all(v.shape == (2, steps) for v in metrics.values())
     if name == "dql":
         assert float(jnp.max(metrics["contraction/num_penalised"])) > 0
