@@ -41,6 +41,12 @@ def _xp(t):
     return jnp
 
 
+def _as_table(xp, table: np.ndarray):
+    """The float64 host table as numpy, or as a jax array of the default float dtype (float32
+    unless x64 is enabled; converting explicitly avoids JAX's truncation warning)."""
+    return table if xp is np else jnp.asarray(table, dtype=jnp.result_type(float))
+
+
 @struct.dataclass
 class Schedule:
     """A VP noise schedule. Build it with :func:`linear` or :func:`cosine`.
@@ -74,7 +80,7 @@ class Schedule:
         if self.is_discrete:
             table = _discrete_log_alpha_table(self)  # index 0 is the clean point
             idx = xp.asarray(t).astype(np.int32) + 1
-            return xp.asarray(table)[idx]
+            return _as_table(xp, table)[idx]
         return self._continuous_log_alpha(t, xp)
 
     def alpha(self, t):
@@ -106,7 +112,7 @@ class Schedule:
             step_beta = -np.expm1(2.0 * (table[1:] - table[:-1]))  # 1 - alpha_bar_i/alpha_bar_{i-1}
             rate = -np.log1p(-step_beta) * self.num_steps
             idx = xp.asarray(t).astype(np.int32)
-            return xp.asarray(rate)[idx]
+            return _as_table(xp, rate)[idx]
         if self.kind == "linear":
             return self.beta_min + t * (self.beta_max - self.beta_min)
         s = self.cosine_s
