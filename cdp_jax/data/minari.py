@@ -53,6 +53,17 @@ LOCAL_BUILDERS = {
     "cdp/pointmaze/umaze-v0": "python experiments/make_dataset.py pointmaze --maze umaze",
     "cdp/pointmaze/medium-v0": "python experiments/make_dataset.py pointmaze --maze medium",
     "cdp/pointmaze/large-v0": "python experiments/make_dataset.py pointmaze --maze large",
+    "cdp/fetch/push-v0": "python experiments/make_dataset.py fetch --task push",
+    "cdp/fetch/pickandplace-v0": "python experiments/make_dataset.py fetch --task pickandplace",
+    **{
+        f"cdp/{env}/{kind}-v0": (
+            f"python experiments/make_dataset.py locomotion-train --env {env} --policy-dir "
+            f"runs/{env}` (once), then `python experiments/make_dataset.py locomotion --env {env} "
+            f"--kind {kind} --policy-dir runs/{env}"
+        )
+        for env in ("hopper", "halfcheetah", "walker2d")
+        for kind in ("medium", "medium-replay", "expert", "medium-expert")
+    },
 }
 QUICKSTART_BUILDER = LOCAL_BUILDERS["cdp/pointmaze/umaze-v0"]
 
