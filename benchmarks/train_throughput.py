@@ -17,12 +17,13 @@ one ``lax.scan``, batches drawn on device from random arrays. Everything is comp
 rows and a 2048^3 f32 matmul are timed round-robin (``jax.block_until_ready``, ``--repeats``
 rounds) so that all see the same background load; median and min steps/s. FLOPs per step are
 counted on the update's jaxpr (matmuls and convolutions, loop bodies times their trip counts;
-XLA's ``cost_analysis()`` counts a loop body once, so it is printed alongside but not used), and
+XLA's ``cost_analysis()`` counts a loop body once: stored with ``--xla-cost`` but not used), and
 ``% peak`` is ``flops * steps/s`` over the matmul rate measured in the same run.
 
     python benchmarks/train_throughput.py            # all rows
     python benchmarks/train_throughput.py --quick    # fewer updates and repeats
     python benchmarks/train_throughput.py --only dql  # rows whose name starts with "dql"
+    python benchmarks/train_throughput.py --only dbc_unet --out benchmarks/results/train_throughput_unet.json
 
 Writes ``benchmarks/results/train_throughput.json``. Reference (issue 5): the official PyTorch
 code on a 2-core CPU, median of 5 x 100 steps: (a) 15.4 steps/s with the penalty, 17.2 without;
@@ -136,13 +137,15 @@ def count_flops(jaxpr) -> tuple[float, float]:
     return mm, other
 
 
-def step_flops(agent, state, batch, key) -> dict:
+def step_flops(agent, state, batch, key, xla_cost: bool) -> dict:
     closed = jax.make_jaxpr(agent.update)(state, batch, key)
     mm, other = count_flops(closed.jaxpr)
-    cost = jax.jit(agent.update).lower(state, batch, key).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {"matmul_flops": mm, "elementwise_ops": other,
-            "xla_cost_analysis_flops": float(cost.get("flops", float("nan"))) if cost else None}
+    out = {"matmul_flops": mm, "elementwise_ops": other}
+    if xla_cost:  # a second compilation of the update (minutes for the UNet with the penalty)
+        cost = jax.jit(agent.update).lower(state, batch, key).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        out["xla_cost_analysis_flops"] = float(cost.get("flops", float("nan"))) if cost else None
+    return out
 
 
 # ----------------------------------------------------------------------------- timing
@@ -167,6 +170,8 @@ def main():
     parser.add_argument("--only", nargs="*", default=None, help="row-name prefixes to run")
     parser.add_argument("--unet-hidden", type=int, default=64,
                         help="UNet base width (down_dims = w, 2w, 4w; Diffusion Policy: 256)")
+    parser.add_argument("--xla-cost", action="store_true",
+                        help="also print XLA's cost_analysis() FLOPs (loop bodies counted once)")
     parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = parser.parse_args()
     updates = args.updates or (5 if args.quick else 20)
@@ -185,7 +190,7 @@ def main():
         compile_s = time.perf_counter() - start
         one_batch = jax.tree.map(lambda a, n=batch: a[:n], arrays)
         info[name] = {"compile_s": compile_s, "batch": batch, "obs_dim": obs_dim,
-                      "action_dim": action_dim, **step_flops(agent, state, one_batch, key)}
+                      "action_dim": action_dim, **step_flops(agent, state, one_batch, key, args.xla_cost)}
         calls[name] = (chunk, (state, arrays, key))
         print(f"compiled {name} in {compile_s:.1f} s", flush=True)
     a = jax.random.normal(jax.random.key(3), (MATMUL_N, MATMUL_N))
