@@ -8,6 +8,10 @@ by a :class:`TrainConfig` and an agent config; it writes ``runs/<name>/`` (``con
 tensorboard events, ``metrics.csv``, ``checkpoints/``, ``eval.json``) and resumes exactly: the
 PRNG key is part of the checkpoint and evaluation draws from its own key, so ``N`` steps +
 restore + ``N`` steps gives bitwise the parameters and metrics of ``2N`` straight steps.
+
+:func:`train_seeds` trains several seeds as one vmapped program (:func:`make_seeds_chunk`) and
+writes ``runs/<name>/seed_<k>/`` as :func:`train` would for each; both take a ``parallel_mode``
+(:mod:`cdp_jax.parallel`: batches or seeds split over a device mesh, across hosts too).
 """
 
 from __future__ import annotations
