@@ -17,6 +17,8 @@ process's (identical) host copy by :func:`put`, and read back by :func:`to_host`
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -35,8 +37,13 @@ def setup(device: str = "auto", distributed: bool = False) -> str:
     """
     if device not in DEVICE_KINDS:
         raise ValueError(f"Invalid device={device!r}; expected one of {DEVICE_KINDS}.")
-    if distributed:  # coordinator, process count and id come from the cluster environment
-        jax.distributed.initialize()
+    if distributed:
+        # SLURM, Open MPI, TPU pods, Kubernetes are detected by JAX; a manual launch sets
+        # JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+        manual = {name: int(os.environ[var]) for name, var in
+                  (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+                  if var in os.environ}
+        jax.distributed.initialize(**manual)
     backend = jax.default_backend()
     if device != "auto" and backend != device:
         raise RuntimeError(

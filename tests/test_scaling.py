@@ -277,3 +277,35 @@ def test_train_seeds_resumes_exactly(tmp_path, monkeypatch):
         evals = [json.loads((tmp_path / run / f"seed_{seed}" / "eval.json").read_text())
                  ["evaluations"] for run in ("straight", "resumed")]
         assert evals[0] == evals[1]
+
+
+def test_distributed_initialize_single_process_same_code_path():
+    """``--distributed`` on one process (manual launch variables): the mesh spans the global
+    devices and a data-parallel chunk runs as on one host."""
+    script = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "import jax, numpy as np\n"
+        "from test_scaling import LinearBC, transitions\n"
+        "from cdp_jax import parallel, training\n"
+        "print(parallel.setup('cpu', distributed=True))\n"
+        "mesh = parallel.make_mesh('data'); rep = parallel.replicated(mesh)\n"
+        "state = LinearBC.init(jax.random.PRNGKey(0), None, 3, 2)\n"
+        "chunk = jax.jit(training.make_train_chunk(LinearBC, 2, 8, parallel.batch_axis(mesh)),\n"
+        "                out_shardings=rep)\n"
+        "out, metrics = chunk(*parallel.put((state, transitions(0, 32), jax.random.PRNGKey(1)), rep))\n"
+        "print('LOSS', parallel.to_host(metrics)['bc/loss'].shape, jax.process_count())\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}",
+           "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "process 0 of 1; 2 device(s)" in out.stdout and "LOSS (2,) 1" in out.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
