@@ -41,6 +41,25 @@ def time_calls(fn, *args, repeats: int):
     return compile_s, statistics.median(times), min(times)
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """This machine's float32 XLA matmul rate right now (same run, same load as the samplers)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    _, med, _ = time_calls(f, a, repeats=repeats)
+    return 2 * n**3 / med / 1e9
+
+
+def call_flops(fn, *args) -> float | None:
+    """XLA's FLOP count of one compiled call without loops (None where the backend does not
+    report it)."""
+    try:
+        cost = fn.lower(*args).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return float(cost["flops"])
+    except Exception:  # noqa: BLE001 - cost analysis is best effort and backend dependent
+        return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=sorted(samplers.SAMPLERS))
@@ -60,6 +79,8 @@ def main():
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, act_dim)), jnp.zeros((1,), jnp.int32),
                       jnp.zeros((1, obs_dim)))
 
+    rate = matmul_gflops()
+    print(f"float32 matmul rate now: {rate:.1f} GFLOP/s (2048^2 @ 2048^2)", flush=True)
     rows = []
     for method in args.methods:
         for batch in args.batches:
@@ -73,21 +94,31 @@ def main():
             obs = jax.random.normal(jax.random.PRNGKey(1), (batch, obs_dim))
             reps = max(3, args.repeats // (10 if batch >= 10000 else 1))
             compile_s, med, best = time_calls(draw, params, obs, jax.random.PRNGKey(2), repeats=reps)
+            # XLA counts a scan body once, so count one denoiser call and multiply by the evaluations.
+            forward = jax.jit(lambda p, x, t, c: net.apply(p, x, t, c))
+            evals = args.steps * samplers.SAMPLERS[method].evals_per_step - (
+                samplers.SAMPLERS[method].evals_per_step - 1)
+            one = call_flops(forward, params, jnp.zeros((batch, act_dim)),
+                             jnp.zeros((batch,), jnp.int32), obs)
+            flops = None if one is None else one * evals
             row = dict(method=method, batch=batch, steps=args.steps, compile_s=compile_s,
                        median_ms=med * 1e3, min_ms=best * 1e3, actions_per_s=batch / med,
-                       repeats=reps)
+                       repeats=reps, gflop=None if flops is None else flops / 1e9,
+                       fraction_of_matmul_rate=None if flops is None else flops / best / 1e9 / rate)
             if method == "dpm_solver_pp_2m" and batch in TORCH_REFERENCE_MS:
                 row["speedup_vs_torch_reference"] = TORCH_REFERENCE_MS[batch] / (med * 1e3)
             rows.append(row)
             print(f"{method:18s} batch {batch:6d}  compile {compile_s:6.2f}s  median "
                   f"{med * 1e3:9.3f} ms  min {best * 1e3:9.3f} ms  {batch / med:12.0f} actions/s"
+                  + (f"  {row['fraction_of_matmul_rate']:.0%} of matmul rate"
+                     if row["fraction_of_matmul_rate"] is not None else "")
                   + (f"  ({row['speedup_vs_torch_reference']:.1f}x torch ref)"
                      if "speedup_vs_torch_reference" in row else ""), flush=True)
 
     meta = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
                 jax=jax.__version__, cpu=platform.processor() or platform.machine(),
                 network="DQLActor 3x256 mish, obs 17, act 6", schedule="cosine T=50",
-                prediction="x0", unroll=args.unroll)
+                prediction="x0", unroll=args.unroll, matmul_gflops=rate)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
