@@ -307,8 +307,9 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
                                                 parallel.replicated(mesh))
         jit_kwargs = {"out_shardings": parallel.replicated(mesh)}
         batch_sharding = parallel.batch_axis(mesh)
-    record = evaluation.EvalRecord(run_dir / "eval.json", config.running_average, history)
-    logger = run_logging.RunLogger(run_dir, config.steps, step, config.progress)
+    log_dir = process_dir(run_dir)
+    record = evaluation.EvalRecord(log_dir / "eval.json", config.running_average, history)
+    logger = run_logging.RunLogger(log_dir, config.steps, step, config.progress)
     chunks, act_fn = {}, jax.jit(agent.act)
     protocol = eval_protocol(config.agent, agent_config, config)
     meta = {"config": config_dict(config, agent_config), "normalizer": norm.to_dict(),
@@ -346,6 +347,13 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
         envs.close()
     return {"run_dir": str(run_dir), "steps": step, "wall_time_s": time.perf_counter() - start_time,
             "eval": record.summary(), "checkpoints": str(ckpt.directory)}
+
+
+def process_dir(run_dir: Path) -> Path:
+    """Where this process logs: ``run_dir`` on process 0, ``run_dir/process_<i>`` on the other
+    hosts of a multi-host run (they compute the same numbers; no two write one file)."""
+    index = jax.process_index()
+    return run_dir if index == 0 else run_dir / f"process_{index}"
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -504,9 +512,9 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
     jit_kwargs = {} if mesh is None else {"out_shardings": seed_sharding or
                                           parallel.replicated(mesh)}
 
-    records = [evaluation.EvalRecord(c.path / "eval.json", c.running_average, h)
+    records = [evaluation.EvalRecord(process_dir(c.path) / "eval.json", c.running_average, h)
                for c, h in zip(configs, histories, strict=True)]
-    loggers = [run_logging.RunLogger(c.path, c.steps, step, c.progress and i == 0)
+    loggers = [run_logging.RunLogger(process_dir(c.path), c.steps, step, c.progress and i == 0)
                for i, c in enumerate(configs)]
     chunks, act_fn = {}, jax.jit(jax.vmap(agent.act))
     protocol = eval_protocol(config.agent, agent_config, config)
