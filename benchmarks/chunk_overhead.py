@@ -13,8 +13,10 @@ for action chunks 16 x 4 (Fetch, d = 64) and 16 x 7 (a 7-DoF arm, d = 112). Rows
 * ``exact_jacobian``: the same eigen penalty with the Jacobian materialised (``jax.jacfwd``, ``d``
   forward-mode passes, then ``eigvalsh``), 10% of the batch: what a matrix-free estimate avoids.
 
-Every function is compiled first; times are medians (and minima) of ``--repeats`` runs of
-``jax.block_until_ready``; ratios are to ``vanilla`` at the same chunk. ``--forward`` also times the
+Every function is compiled first, then all variants are timed in ``--repeats`` interleaved rounds
+(``jax.block_until_ready``); wall-time medians (and minima) and the median process CPU time (all
+XLA threads; what a shared machine's contention distorts least); ratios are to ``vanilla`` at the
+same chunk. ``--forward`` also times the
 loss alone. Run ``python benchmarks/chunk_overhead.py [--batch 256 --hidden 64]``; writes
 ``benchmarks/results/chunk_overhead.json``.
 """
@@ -83,16 +85,29 @@ def make_step(model, schedule, optimiser, config, regulariser):
     return step, jax.jit(loss_fn)
 
 
-def time_call(fn, args, repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))  # compile + one run
-    compile_s = time.perf_counter() - start
-    times = []
+def timed(fn, args):
+    """``(wall seconds, process CPU seconds)`` of one blocking call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def time_round_robin(fns: dict, args, repeats: int) -> dict:
+    """Compile each function, then time them in ``repeats`` interleaved rounds.
+
+    Interleaving spreads load drift on a shared machine over all variants alike; the process CPU
+    time (all XLA threads) is reported next to wall time because it is what contention changes
+    least. Returns ``{name: dict(wall_median, wall_min, cpu_median, compile_s)}``.
+    """
+    compile_s = {name: timed(fn, args)[0] for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), float(np.min(times)), compile_s
+        for name, fn in fns.items():
+            samples[name].append(timed(fn, args))
+    return {name: {"wall_median": float(np.median([w for w, _ in s])),
+                   "wall_min": float(np.min([w for w, _ in s])),
+                   "cpu_median": float(np.median([c for _, c in s])),
+                   "compile_s": compile_s[name]} for name, s in samples.items()}
 
 
 def main():
@@ -111,7 +126,7 @@ def main():
     model = chunk_networks.make_chunk_actor("unet", args.hidden, 3, 128)
     rows = []
     print(f"{'chunk':>5} {'variant':<15} {'step ms':>9} {'min ms':>9} {'x vanilla':>9}"
-          f" {'fwd ms':>9} {'compile s':>9}", flush=True)
+          f" {'cpu ms':>9} {'cpu x':>7} {'fwd ms':>9} {'compile s':>9}", flush=True)
     for chunk_name in args.chunks:
         chunk = CHUNKS[chunk_name]
         key = jax.random.key(0)
@@ -119,22 +134,33 @@ def main():
         obs = jax.random.normal(jax.random.fold_in(key, 1), (args.batch, *OBS_SHAPE))
         params = jax.jit(model.init)(key, x0, jnp.zeros((args.batch,), jnp.int32), obs)
         opt_state = optimiser.init(params)
-        base = None
+        steps, losses = {}, {}
         for name in args.variants:
             config, regulariser = variants()[name]
-            step, loss = make_step(model, schedule, optimiser, config, regulariser)
-            med, best, compile_s = time_call(step, (params, opt_state, x0, obs, key), args.repeats)
-            fwd = time_call(loss, (params, x0, obs, key), args.repeats)[0] if args.forward else None
-            base = med if name == "vanilla" else base
-            ratio = med / base if base else None
+            steps[name], losses[name] = make_step(model, schedule, optimiser, config, regulariser)
+        times = time_round_robin(steps, (params, opt_state, x0, obs, key), args.repeats)
+        fwd = (time_round_robin(losses, (params, x0, obs, key), args.repeats) if args.forward
+               else {})
+        base = times.get("vanilla")
+        for name in args.variants:
+            t = times[name]
+            config = variants()[name][0]
+            ratio = t["wall_median"] / base["wall_median"] if base else None
+            cpu_ratio = t["cpu_median"] / base["cpu_median"] if base else None
+            fwd_ms = 1e3 * fwd[name]["wall_median"] if fwd else None
             rows.append({"chunk": chunk_name, "d": chunk[0] * chunk[1], "variant": name,
-                         "step_ms_median": 1e3 * med, "step_ms_min": 1e3 * best,
-                         "ratio_to_vanilla": ratio, "forward_ms_median": fwd and 1e3 * fwd,
-                         "compile_s": compile_s, "num_penalised": config.penalised_count(args.batch)
-                         if config.weight else 0})
-            print(f"{chunk_name:>5} {name:<15} {1e3 * med:9.1f} {1e3 * best:9.1f} "
-                  f"{ratio if ratio else float('nan'):9.2f} "
-                  f"{1e3 * fwd if fwd else float('nan'):9.1f} {compile_s:9.1f}", flush=True)
+                         "step_ms_median": 1e3 * t["wall_median"],
+                         "step_ms_min": 1e3 * t["wall_min"], "ratio_to_vanilla": ratio,
+                         "cpu_ms_median": 1e3 * t["cpu_median"],
+                         "cpu_ratio_to_vanilla": cpu_ratio, "forward_ms_median": fwd_ms,
+                         "compile_s": t["compile_s"],
+                         "num_penalised": config.penalised_count(args.batch) if config.weight
+                         else 0})
+            nan = float("nan")
+            print(f"{chunk_name:>5} {name:<15} {1e3 * t['wall_median']:9.1f} "
+                  f"{1e3 * t['wall_min']:9.1f} {ratio or nan:9.2f} {1e3 * t['cpu_median']:9.1f} "
+                  f"{cpu_ratio or nan:7.2f} {fwd_ms or nan:9.1f} {t['compile_s']:9.1f}",
+                  flush=True)
     out = {
         "benchmark": "chunk_overhead", "batch": args.batch, "unet_down_dims": list(model.down_dims),
         "num_params": chunk_networks.num_params(params), "obs_shape": list(OBS_SHAPE),
