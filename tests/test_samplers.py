@@ -154,3 +154,21 @@ def test_bad_inputs_raise_clear_errors():
         samplers.sample(den, sch, key, (4,))
     with pytest.raises(ValueError, match="x_init has shape"):
         samplers.sample(den, sch, key, (4, 2), x_init=jnp.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("method", sorted(SETTINGS))
+def test_each_call_evaluates_the_whole_batch_at_one_noise_level(method):
+    """Agents rely on this (dql.sample_actions runs the time path once per call)."""
+    sch = schedules.cosine(50)
+
+    # x0_hat = x (deterministic methods: x stays 0 from x_init = 0) plus a term that is nonzero as
+    # soon as t differs within the batch, at any step; stochastic methods add noise, so for them
+    # x0_hat ignores x and only the last call is checked.
+    keep_x = 0.0 if samplers.SAMPLERS[method].stochastic else 1.0
+
+    def den(x, t, c):
+        return keep_x * x + (t - t[0]).astype(x.dtype)[:, None]
+
+    out = samplers.sample(den, sch, jax.random.PRNGKey(0), (8, 2), method=method, steps=6,
+                          prediction="x0", x_init=jnp.zeros((8, 2)))
+    np.testing.assert_array_equal(out, 0.0)
