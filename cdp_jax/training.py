@@ -470,6 +470,10 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
     if config.resume and len(set(latest)) > 1:
         raise checkpoint.CheckpointError(f"--resume: the seeds' latest checkpoints differ "
                                          f"({dict(zip(seeds, latest, strict=True))}).")
+    if config.resume and (configs[0].path / "config.json").exists():
+        if load_run_config(configs[0].path)[1] != agent_config:
+            raise ValueError(f"--resume with a different agent config than "
+                             f"{configs[0].path}/config.json.")
     per_seed_data = config.fraction is not None or config.num_episodes is not None
     datas = [minari.load(c.dataset, fraction=c.fraction, num_episodes=c.num_episodes, seed=c.seed)
              for c in (configs if per_seed_data else configs[:1])]
@@ -491,9 +495,9 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
             jnp.stack([t["rng"] for t in trees])
         step, histories = latest[0], [m["eval_history"] for m in metas]
         norms = [Normalizer.from_dict(m["normalizer"]) for m in metas]
-    prepared = [prepare_arrays(d, config.agent, agent_config, c, norms[i])
-                for i, (d, c) in enumerate(zip(datas if per_seed_data else datas * len(seeds),
-                                               configs, strict=True))]
+    prepared = ([prepare_arrays(d, config.agent, agent_config, c, n)
+                 for d, c, n in zip(datas, configs, norms, strict=True)] if per_seed_data else
+                [prepare_arrays(data, config.agent, agent_config, config, norms[0])] * len(seeds))
     norms = [p[1] for p in prepared]
     if per_seed_data:
         arrays, num_rows = stack_padded([p[0] for p in prepared])
