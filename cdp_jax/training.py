@@ -9,9 +9,10 @@ tensorboard events, ``metrics.csv``, ``checkpoints/``, ``eval.json``) and resume
 PRNG key is part of the checkpoint and evaluation draws from its own key, so ``N`` steps +
 restore + ``N`` steps gives bitwise the parameters and metrics of ``2N`` straight steps.
 
-:func:`train_seeds` trains several seeds as one vmapped program (:func:`make_seeds_chunk`) and
-writes ``runs/<name>/seed_<k>/`` as :func:`train` would for each; both take a ``parallel_mode``
-(:mod:`cdp_jax.parallel`: batches or seeds split over a device mesh, across hosts too).
+:func:`cdp_jax.multi_seed.train_seeds` trains several seeds as one vmapped program
+(:func:`make_seeds_chunk`) and writes ``runs/<name>/seed_<k>/`` as :func:`train` would for each; both
+take a ``parallel_mode`` (:mod:`cdp_jax.parallel`: batches or seeds split over a device mesh, across
+hosts too).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -268,7 +268,8 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
     start_time = time.perf_counter()
     config.validate()
     if parallel_mode == "seeds":
-        raise ValueError("parallel_mode='seeds' splits a batch of seeds: use train_seeds.")
+        raise ValueError("parallel_mode='seeds' splits a batch of seeds: use "
+                         "cdp_jax.multi_seed.train_seeds.")
     mesh = parallel.make_mesh(parallel_mode)
     parallel.check_divisible(mesh, config.batch_size, "batch_size")
     agent_config = resolve_agent_config(config, agent_config)
@@ -354,227 +355,6 @@ def process_dir(run_dir: Path) -> Path:
     hosts of a multi-host run (they compute the same numbers; no two write one file)."""
     index = jax.process_index()
     return run_dir if index == 0 else run_dir / f"process_{index}"
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0-9"`` (inclusive range), ``"0,3,5"`` or a mix (``"0-2,7"``) -> distinct seeds."""
-    seeds = []
-    try:
-        for part in str(text).split(","):
-            lo, sep, hi = part.strip().partition("-")
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        raise ValueError(f"Invalid seeds {text!r}; expected e.g. '0-9' or '0,3,5'.") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ValueError(f"Invalid seeds {text!r}: need distinct non-negative seeds, got {seeds}.")
-    return tuple(seeds)
-
-
-def seed_config(config: TrainConfig, seed: int) -> TrainConfig:
-    """The single-seed run a seed of a batch equals: ``seed`` in ``<run dir>/seed_<seed>``."""
-    return dataclasses.replace(config, seed=seed, run_dir=str(config.path / f"seed_{seed}"))
-
-
-def stack_padded(per_seed: list[dict]) -> tuple[dict, np.ndarray]:
-    """Per-seed arrays of different row counts -> ``(S, N_max, ...)`` (zero rows appended) and the
-    valid counts ``(S,)``; the chunk samples only below each seed's count."""
-    counts = np.asarray([buffer.num_rows(a) for a in per_seed], np.int32)
-    width = int(counts.max())
-    pad = lambda x: np.concatenate([x, np.zeros((width - len(x), *x.shape[1:]), x.dtype)])
-    return jax.tree.map(lambda *xs: np.stack([pad(np.asarray(x)) for x in xs]), *per_seed), counts
-
-
-class SeedBlockResets(gym.vector.VectorWrapper):
-    """``S`` blocks of ``E`` envs; block ``n`` is reset with the seeds a single-seed evaluation of
-    seed ``seeds[n]`` uses (``100_000 seed + r E + i`` in round ``r``), so the rollout of all seeds
-    together plays the episodes of the separate runs. Expects ``evaluate(..., seed=0)``."""
-
-    def __init__(self, envs, seeds, envs_per_seed: int):
-        super().__init__(envs)
-        self.seeds, self.envs_per_seed = tuple(seeds), envs_per_seed
-
-    def reset(self, *, seed=None, options=None):
-        if isinstance(seed, (list, tuple)):
-            r, e = seed[0] // self.num_envs, self.envs_per_seed
-            seed = [s * 100_000 + r * e + i for s in self.seeds for i in range(e)]
-        return self.env.reset(seed=seed, options=options)
-
-
-def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config: TrainConfig, seeds,
-                   step: int) -> list[dict]:
-    """All seeds in one vectorised rollout (``S x E`` envs, one vmapped ``act`` per env step);
-    per seed the same keys, env seeds and result dict as :func:`run_evaluation`."""
-    agent_config, num, per = states.config, len(seeds), config.eval_envs
-    windows = DATA[agent_name] == "windows"
-    flat = lambda o: dataset_lib.flatten_observation(o, data.obs_keys).reshape(num, per, -1)
-    obs_fn = lambda o: np.concatenate([np.asarray(n.normalize(x), np.float32)
-                                       for n, x in zip(norms, flat(o), strict=True)])
-    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s + 1_000_003), step) for s in seeds])
-    calls = [0]
-
-    def policy(obs, _):  # each seed folds its own key with the call count, as evaluate does
-        call_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, calls[0])
-        calls[0] += 1
-        obs = jnp.asarray(obs, jnp.float32).reshape(num, per, *obs.shape[1:])
-        actions = act_fn(states, obs, call_keys)
-        return np.asarray(actions).reshape(num * per, *actions.shape[2:])
-
-    rounds = -(-config.eval_episodes // per)
-    out = evaluation.evaluate(
-        policy, envs, keys[0], num_episodes=rounds * num * per, obs_fn=obs_fn,
-        obs_horizon=agent_config.obs_horizon if windows else None,
-        n_action=agent_config.n_action if windows else 1, seed=0)
-    results = []
-    # (round, seed, env) -> per seed, episodes in the order of a single-seed evaluation
-    by_seed = {name: np.moveaxis(np.asarray(out[name]).reshape(rounds, num, per), 1, 0)
-               .reshape(num, -1)[:, :config.eval_episodes] for name in ("returns", "successes",
-                                                                        "lengths")}
-    for n in range(num):
-        returns, successes, lengths = (by_seed[k][n] for k in ("returns", "successes", "lengths"))
-        result = {"returns": returns.tolist(), "successes": successes.tolist(),
-                  "lengths": lengths.tolist(), "return_mean": float(np.mean(returns)),
-                  "return_std": float(np.std(returns)), "success_rate": float(np.mean(successes)),
-                  "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
-        if data.ref_min_score is not None and data.ref_max_score is not None:
-            scores = minari.normalized_score(data, result["returns"])
-            result.update(normalized_scores=scores.tolist(), normalized_score=float(scores.mean()),
-                          normalized_score_std=float(scores.std()))
-        results.append(result)
-    return results
-
-
-def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "none") -> dict:
-    """Train seeds ``seeds`` as one vmapped program; seed ``s`` equals ``train`` of
-    :func:`seed_config` ``(config, s)`` (up to float reassociation of the batched matmuls) and
-    writes the same outputs to ``<run dir>/seed_<s>/``, plus ``<run dir>/seeds.json``.
-
-    With a ``fraction`` / ``num_episodes``, each seed keeps its own episodes and observation
-    normaliser (arrays padded to a common length, see :func:`stack_padded`). ``parallel_mode``:
-    ``"seeds"`` splits the seeds over the devices, ``"data"`` every seed's batch.
-    """
-    start_time = time.perf_counter()
-    config.validate()
-    seeds = tuple(int(s) for s in seeds)
-    agent_config = resolve_agent_config(config, agent_config)
-    agent = get_agent(config.agent)
-    mesh = parallel.make_mesh(parallel_mode)
-    parallel.check_divisible(mesh, len(seeds) if parallel_mode == "seeds" else config.batch_size,
-                             "number of seeds" if parallel_mode == "seeds" else "batch_size")
-    configs = [seed_config(config, s) for s in seeds]
-    ckpts = [checkpoint.CheckpointManager(c.path / "checkpoints", keep=c.keep_checkpoints)
-             for c in configs]
-    latest = [m.latest_step() for m in ckpts]
-    if any(step is not None for step in latest) and not config.resume:
-        raise FileExistsError(f"{config.path} already holds checkpoints; pass --resume to continue "
-                              "that run or choose another --name / --run-dir.")
-    if config.resume and len(set(latest)) > 1:
-        raise checkpoint.CheckpointError(f"--resume: the seeds' latest checkpoints differ "
-                                         f"({dict(zip(seeds, latest, strict=True))}).")
-    if config.resume and (configs[0].path / "config.json").exists():
-        if load_run_config(configs[0].path)[1] != agent_config:
-            raise ValueError(f"--resume with a different agent config than "
-                             f"{configs[0].path}/config.json.")
-    per_seed_data = config.fraction is not None or config.num_episodes is not None
-    datas = [minari.load(c.dataset, fraction=c.fraction, num_episodes=c.num_episodes, seed=c.seed)
-             for c in (configs if per_seed_data else configs[:1])]
-    data = datas[0]
-    envs = SeedBlockResets(make_eval_envs(data, dataclasses.replace(
-        config, eval_envs=config.eval_envs * len(seeds))), seeds, config.eval_envs)
-    for c in configs:
-        c.path.mkdir(parents=True, exist_ok=True)
-        (c.path / "config.json").write_text(json.dumps(config_dict(c, agent_config), indent=2))
-
-    key_pairs = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-    states = init_seeds(agent, key_pairs[:, 0], agent_config, data.obs_dim, data.act_dim)
-    key_train, step = key_pairs[:, 1], 0
-    norms, histories = [None] * len(seeds), [[] for _ in seeds]
-    if config.resume and latest[0] is not None:
-        trees, metas = zip(*[m.restore({"state": jax.tree.map(lambda x: x[0], states),
-                                        "rng": key_train[0]}) for m in ckpts], strict=True)
-        states, key_train = jax.tree.map(lambda *x: jnp.stack(x), *[t["state"] for t in trees]), \
-            jnp.stack([t["rng"] for t in trees])
-        step, histories = latest[0], [m["eval_history"] for m in metas]
-        norms = [Normalizer.from_dict(m["normalizer"]) for m in metas]
-    prepared = ([prepare_arrays(d, config.agent, agent_config, c, n)
-                 for d, c, n in zip(datas, configs, norms, strict=True)] if per_seed_data else
-                [prepare_arrays(data, config.agent, agent_config, config, norms[0])] * len(seeds))
-    norms = [p[1] for p in prepared]
-    if per_seed_data:
-        arrays, num_rows = stack_padded([p[0] for p in prepared])
-    else:
-        arrays, num_rows = prepared[0][0], np.int32(buffer.num_rows(prepared[0][0]))
-    seed_sharding = parallel.leading(mesh) if parallel_mode == "seeds" else None
-    data_sharding = seed_sharding if per_seed_data else None
-    if mesh is not None and parallel_mode == "data":
-        states, key_train = parallel.put((states, key_train), parallel.replicated(mesh))
-        data_sharding = parallel.replicated(mesh)
-    elif seed_sharding is not None:
-        states, key_train = parallel.put((states, key_train), seed_sharding)
-        data_sharding = data_sharding or parallel.replicated(mesh)
-    arrays, num_rows = parallel.put((arrays, num_rows), data_sharding)  # on device once
-    batch_sharding = parallel.batch_axis(mesh) if parallel_mode == "data" else None
-    jit_kwargs = {} if mesh is None else {"out_shardings": seed_sharding or
-                                          parallel.replicated(mesh)}
-
-    records = [evaluation.EvalRecord(process_dir(c.path) / "eval.json", c.running_average, h)
-               for c, h in zip(configs, histories, strict=True)]
-    loggers = [run_logging.RunLogger(process_dir(c.path), c.steps, step, c.progress and i == 0)
-               for i, c in enumerate(configs)]
-    chunks, act_fn = {}, jax.jit(jax.vmap(agent.act))
-    protocol = eval_protocol(config.agent, agent_config, config)
-    metas = [{"config": config_dict(c, agent_config), "normalizer": n.to_dict(),
-              "dataset": {"id": d.dataset_id, "obs_keys": list(d.obs_keys), "obs_dim": d.obs_dim,
-                          "action_dim": d.act_dim}}
-             for c, n, d in zip(configs, norms, datas * (len(seeds) // len(datas)), strict=True)]
-    try:
-        while step < config.steps:
-            k = min(config.updates_per_call, config.steps - step)
-            if k not in chunks:
-                chunks[k] = jax.jit(make_seeds_chunk(agent, k, config.batch_size, per_seed_data,
-                                                     batch_sharding), **jit_kwargs)
-            new_states, new_keys, metrics = chunks[k](states, arrays, num_rows, key_train)
-            metrics = parallel.to_host(metrics)
-            for i, ckpt in enumerate(ckpts):
-                _check_finite({name: v[i] for name, v in metrics.items()}, step, ckpt)
-            states, key_train, step = new_states, new_keys, step + k
-            for i, logger in enumerate(loggers):
-                logger.log_train(step, {name: np.mean(v[i]) for name, v in metrics.items()})
-            last = step == config.steps
-            scores = [None] * len(seeds)
-            if (config.eval_every and step % config.eval_every == 0) or last:
-                # one local copy per evaluation (a sharded or multi-host state cannot feed
-                # the per-process rollout); then every env step's act stays on device
-                host_states = (parallel.put(parallel.to_host(states), None) if mesh is not None
-                               else states)
-                results = evaluate_seeds(act_fn, config.agent, host_states, data, norms, envs,
-                                         config, seeds, step)
-                for i, result in enumerate(results):
-                    entry = records[i].add(step, result, protocol)
-                    loggers[i].log_eval(step, entry)
-                    scores[i] = entry.get("normalized_score", entry["return_mean"])
-                loggers[0].write(f"step {step}: normalized score per seed "
-                                 f"{[round(x, 1) for x in scores]}")
-            if ((config.checkpoint_every and step % config.checkpoint_every == 0) or last) \
-                    and jax.process_index() == 0:
-                host = parallel.to_host({"state": states, "rng": key_train})
-                for i, ckpt in enumerate(ckpts):
-                    ckpt.save(step, jax.tree.map(lambda x, i=i: x[i], host),
-                              {**metas[i], "eval_history": records[i].history}, score=scores[i])
-            for logger in loggers:
-                logger.reset_timer()
-    finally:
-        for logger in loggers:
-            logger.close()
-        envs.close()
-    summaries = {s: r.summary() for s, r in zip(seeds, records, strict=True)}
-    finals = [e["last"][e["metric"]] for e in summaries.values() if e]
-    summary = {"run_dir": str(config.path), "seeds": list(seeds), "steps": step,
-               "parallel": parallel_mode, "wall_time_s": time.perf_counter() - start_time,
-               "eval": summaries, "last_mean": float(np.mean(finals)) if finals else None,
-               "last_std": float(np.std(finals)) if finals else None}
-    if jax.process_index() == 0:
-        (config.path / "seeds.json").write_text(json.dumps(summary, indent=2))
-    return summary
 
 
 def _check_finite(metrics: dict, step: int, ckpt: checkpoint.CheckpointManager) -> None:

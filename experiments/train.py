@@ -32,7 +32,7 @@ import time
 
 import tqdm
 
-from cdp_jax import parallel, training
+from cdp_jax import multi_seed, parallel, training
 from cdp_jax.agents import CONFIGS, common
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
     config, agent_config = make_configs(args)
-    seeds = training.parse_seeds(args.seeds) if args.seeds is not None else None
+    seeds = multi_seed.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.parallel == "seeds" and seeds is None:
         raise SystemExit("--parallel seeds needs --seeds (e.g. --seeds 0-3).")
     try:
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {err}") from None
     ensure_dataset(config.dataset, args.build_steps)
     if seeds is not None:
-        summary = training.train_seeds(config, agent_config, seeds, args.parallel)
+        summary = multi_seed.train_seeds(config, agent_config, seeds, args.parallel)
         for seed, ev in summary["eval"].items():
             print(f"seed {seed}: {ev['metric']} (last, step {ev['last']['gradient_step']}) "
                   f"{ev['last'][ev['metric']]:.1f}; success rate {ev['last']['success_rate']:.2f}")

@@ -21,7 +21,7 @@ import optax
 import pytest
 from flax import struct
 
-from cdp_jax import contraction, parallel, training
+from cdp_jax import contraction, multi_seed, parallel, training
 from cdp_jax.agents import dql
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,13 +85,13 @@ def assert_trees_close(a, b, **tol):
 
 
 def test_parse_seeds_and_padding():
-    assert training.parse_seeds("0-3") == (0, 1, 2, 3)
-    assert training.parse_seeds("0,3,5") == (0, 3, 5)
-    assert training.parse_seeds("0-1,7") == (0, 1, 7)
+    assert multi_seed.parse_seeds("0-3") == (0, 1, 2, 3)
+    assert multi_seed.parse_seeds("0,3,5") == (0, 3, 5)
+    assert multi_seed.parse_seeds("0-1,7") == (0, 1, 7)
     for bad in ("", "a-b", "1,1", "3-1"):
         with pytest.raises(ValueError, match="seeds"):
-            training.parse_seeds(bad)
-    stacked, counts = training.stack_padded([transitions(0, 5), transitions(1, 3)])
+            multi_seed.parse_seeds(bad)
+    stacked, counts = multi_seed.stack_padded([transitions(0, 5), transitions(1, 3)])
     assert stacked["observations"].shape == (2, 5, 3) and counts.tolist() == [5, 3]
     np.testing.assert_array_equal(stacked["actions"][1, :3], transitions(1, 3)["actions"])
     assert not stacked["rewards"][1, 3:].any()
@@ -120,7 +120,7 @@ def test_vmapped_seeds_equal_single_runs_without_host_transfers(name):
     per_seed = [transitions(0, 40), transitions(1, 27)]
     keys = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in (0, 1)]))
     states = training.init_seeds(agent, keys[:, 0], config, 3, 2)
-    stacked, counts = training.stack_padded(per_seed)
+    stacked, counts = multi_seed.stack_padded(per_seed)
     inputs = parallel.put((states, stacked, counts, keys[:, 1]), None)  # on device once
     seeds_chunk = jax.jit(training.make_seeds_chunk(agent, steps, batch, per_seed_data=True))
     seeds_chunk.lower(*inputs).compile()
@@ -219,7 +219,7 @@ def test_train_seeds_writes_what_separate_runs_write(tmp_path, monkeypatch):
         updates_per_call=10, eval_every=20, eval_episodes=3, eval_envs=2, checkpoint_every=10,
         fraction=0.5, run_dir=str(tmp_path / "multi"), progress=False)
     agent_config = tiny_dql()
-    summary = training.train_seeds(config, agent_config, (0, 3))
+    summary = multi_seed.train_seeds(config, agent_config, (0, 3))
     assert json.loads((tmp_path / "multi" / "seeds.json").read_text())["seeds"] == [0, 3]
     assert summary["last_mean"] is not None
     for seed in (0, 3):
@@ -251,7 +251,7 @@ def test_train_seeds_resumes_exactly(tmp_path, monkeypatch):
         name="seeds", dataset="cdp/pointmaze/tiny-v0", steps=20, batch_size=16,
         updates_per_call=10, eval_every=10, eval_episodes=2, eval_envs=2, checkpoint_every=10,
         run_dir=str(tmp_path / "straight"), progress=False)
-    training.train_seeds(config, tiny_dql(), (1, 2))
+    multi_seed.train_seeds(config, tiny_dql(), (1, 2))
     interrupted = dataclasses.replace(config, run_dir=str(tmp_path / "resumed"))
     real_save = checkpoint.CheckpointManager.save
     saved = []
@@ -264,9 +264,9 @@ def test_train_seeds_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.CheckpointManager, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        training.train_seeds(interrupted, tiny_dql(), (1, 2))
+        multi_seed.train_seeds(interrupted, tiny_dql(), (1, 2))
     monkeypatch.setattr(checkpoint.CheckpointManager, "save", real_save)
-    training.train_seeds(dataclasses.replace(interrupted, resume=True), tiny_dql(), (1, 2))
+    multi_seed.train_seeds(dataclasses.replace(interrupted, resume=True), tiny_dql(), (1, 2))
     for seed in (1, 2):
         a = training.load_policy(tmp_path / "straight" / f"seed_{seed}")[2]
         b = training.load_policy(tmp_path / "resumed" / f"seed_{seed}")[2]
