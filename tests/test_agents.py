@@ -167,7 +167,7 @@ def test_dql_candidate_resampling_picks_high_q():
 def test_dbc_puts_samples_near_the_modes():
     """2-D toy: actions are one of two modes; after training, samples sit near a mode."""
     modes = jnp.array([[0.5, 0.5], [-0.5, -0.5]])
-    config = dbc.default_config(hidden_dim=64, depth=2, time_dim=16, diffusion_steps=20,
+    config = dbc.default_config(hidden_dim=64, depth=2, expansion=4, time_dim=16, diffusion_steps=20,
                                 sampler_steps=20, obs_horizon=1, action_horizon=1, n_action=1,
                                 lr=3e-3, ema_decay=0.9)
     key = jax.random.PRNGKey(0)
