@@ -1,13 +1,8 @@
 """Strict numerics for every test: no silent rank promotion (a ``(B,)`` time vector must not
 broadcast against ``(B, d)`` actions by accident)."""
 
-import os
-
-# Keep CPU tests from fighting over the 2 cores with oversubscribed thread pools.
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
-
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
