@@ -161,5 +161,10 @@ def test_penalty_lowers_mu_spread_and_lyapunov_small():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "Measured 2026-11-25: after 2000 steps the vanilla model is *more* contractive at t = 0.05 than "
+    "the hinge-penalised one (drift mu -8.3 vs -5.1): the hinge (margin 5) stops acting once mu <= -5, "
+    "while the better-fit vanilla model keeps sharpening its modes. The 250-step test holds; whether "
+    "the penalty helps late in training is an open question for the evidence study."))
 def test_penalty_lowers_mu_spread_and_lyapunov_long():
     _check_penalty_works(steps=2000, width=64, batch=256)
