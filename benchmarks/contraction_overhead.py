@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import timing
 
 from cdp_jax import contraction, diffusion, schedules
 
@@ -98,16 +98,8 @@ def make_step(model, schedule, optimiser, config, regulariser):
 
 
 def time_interleaved(calls, repeats):
-    """Median and min seconds per call, timing the calls round-robin so that all of them see the
-    same background load (this CPU is shared); each is compiled and warmed up first."""
-    for fn, args in calls.values():
-        jax.block_until_ready(fn(*args))
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
+    """Median and min seconds per call, timed round-robin after a warm-up (see ``timing``)."""
+    times = timing.time_interleaved(calls, repeats, warmup=True)
     return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
 
 

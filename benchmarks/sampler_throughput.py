@@ -17,11 +17,11 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import timing
 
 from cdp_jax import samplers, schedules
 from cdp_jax.networks import DQLActor
@@ -30,14 +30,8 @@ TORCH_REFERENCE_MS = {1: 5.1, 100: 20.0, 1000: 94.0, 10000: 1161.0}
 
 
 def time_calls(fn, *args, repeats: int):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
+    """``(compile_s, median_s, min_s)`` of ``fn(*args)``."""
+    compile_s, times = timing.time_calls(fn, *args, repeats=repeats)
     return compile_s, statistics.median(times), min(times)
 
 

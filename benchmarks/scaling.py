@@ -40,6 +40,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import timing
 
 from cdp_jax import contraction, parallel, training
 from cdp_jax.agents import dql
@@ -61,14 +62,7 @@ def workload():
 
 def time_calls(fn, args, updates: int, repeats: int) -> dict:
     """Compile (first call), then ``repeats`` timed calls; steps/s median and max (= min time)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
+    compile_s, times = timing.time_calls(fn, *args, repeats=repeats)
     return {"steps_per_s": updates / float(np.median(times)),
             "steps_per_s_best": updates / float(np.min(times)),
             "compile_and_first_call_s": compile_s, "times_s": times}

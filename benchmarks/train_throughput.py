@@ -43,6 +43,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import timing
 
 from cdp_jax import contraction, training
 from cdp_jax.agents import dbc, dql
@@ -151,15 +152,6 @@ def step_flops(agent, state, batch, key, xla_cost: bool) -> dict:
 # ----------------------------------------------------------------------------- timing
 
 
-def time_interleaved(calls, repeats):
-    """Seconds per call for each of ``calls`` (``name -> (fn, args)``), timed round-robin."""
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def main():
@@ -199,7 +191,7 @@ def main():
     calls["matmul"] = (matmul, (a,))
 
     load_before = os.getloadavg()
-    times = time_interleaved(calls, repeats)
+    times = timing.time_interleaved(calls, repeats)
     load_after = os.getloadavg()
     mm_times = np.asarray(times.pop("matmul"))
     matmul_gflops = 2.0 * MATMUL_N**3 / np.median(mm_times) / 1e9
