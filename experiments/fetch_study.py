@@ -1,0 +1,92 @@
+"""Manipulation imitation study: DBC with action chunks on the scripted Fetch demonstrations.
+
+Diffusion behaviour cloning (observation history 2, chunks of 16 actions, 8 executed, 10
+DPM-Solver++(2M) steps) with a temporal UNet or an MLP over the flattened chunk, with and without
+the contraction penalty (eigen, weight 0.1, ``network`` target, all noise levels), on
+``cdp/fetch/push-v0`` and ``cdp/fetch/pickandplace-v0`` with 100 / 50 / 10 / 5 % of the 200
+demonstrations. Each cell is one ``experiments/train.py --seeds ...`` call (the machinery of
+``experiments/pointmaze_study.py``: finished cells are skipped, diagnostics and the JSON follow)::
+
+    python experiments/make_dataset.py fetch --task push          # once per task
+    python experiments/make_dataset.py fetch --task pickandplace
+    python experiments/fetch_study.py                             # the whole grid
+    python experiments/fetch_study.py --tasks push --backbones mlp --fractions 1.0 0.1
+    python experiments/fetch_study.py --collect-only
+
+Writes ``results/fetch/imitation.json``; tables with ``python experiments/report_results.py
+--results results/fetch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pointmaze_study as study  # noqa: E402
+
+ROOT = study.ROOT
+TASKS = {"push": "cdp/fetch/push-v0", "pickandplace": "cdp/fetch/pickandplace-v0"}
+# The piloted chunk setting (tests/test_fetch.py): history 2, horizon 16, 8 executed, 10 steps.
+CHUNK = ("obs_horizon=2", "action_horizon=16", "n_action=8", "time_dim=32", "sampler_steps=10",
+         "lr=0.001", "contraction.window=1.0")
+BACKBONES = {"mlp": ("actor_network=mlp", "hidden_dim=256", "depth=3"),
+             "unet": ("actor_network=unet", "hidden_dim=16", "depth=2")}
+
+
+def cells(tasks, backbones, fractions) -> list[study.Cell]:
+    out = []
+    for task in tasks:
+        for backbone in backbones:
+            for fraction in fractions:
+                frac = None if fraction >= 1.0 else fraction
+                pct = study._pct(frac)
+                for arm, weight in (("vanilla", 0.0), ("cdp", study.MAIN_WEIGHT)):
+                    out.append(study.Cell(
+                        "fetch", f"dbc_{backbone}_{task}_f{pct.rstrip('%')}_{arm}", "dbc",
+                        TASKS[task], frac, weight, sets=CHUNK + BACKBONES[backbone],
+                        group=f"{task} {backbone} {pct}", arm=arm,
+                        extra_args=("--batch-size", "128")))
+    return out
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
+    parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES),
+                        default=["mlp", "unet"])
+    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.1, 0.05])
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--eval-episodes", type=int, default=20, help="per seed and evaluation")
+    parser.add_argument("--runs-root", default=str(ROOT / "runs" / "study"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "fetch"))
+    parser.add_argument("--collect-only", action="store_true")
+    parser.add_argument("--no-diagnostics", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: seeds 0-1, 20 steps, 2 episodes (overrides those flags)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.eval_every, args.eval_episodes = "0-1", 20, 10, 2
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    grid = cells(args.tasks, args.backbones, args.fractions)
+    if not args.collect_only:
+        study.run_cells("fetch", grid, args)
+    if not args.no_diagnostics:
+        for cell in grid:
+            if (cell.run_dir(args) / "seeds.json").exists():
+                study.diagnose_cell(cell.run_dir(args), cell.agent)
+    print(f"imitation: {study.collect('imitation', grid, args)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

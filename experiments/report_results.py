@@ -1,0 +1,304 @@
+"""Tables and figures of the PointMaze evidence studies (from ``results/pointmaze/*.json``).
+
+Reads what ``experiments/pointmaze_study.py`` collected and writes
+
+* ``results/pointmaze/tables.md``: every cell as mean ± 95% t-interval (seed count), last / best /
+  running-average normalised score and success rate, the verdict of each vanilla-vs-CDP pair
+  (a tie when the intervals overlap), the ablation table and the contraction diagnostics;
+* ``docs/figures/<prefix>_*.png`` (``pm`` by default): scores per data fraction (bars), learning
+  curves, ``mu`` over sampling time, and the ablations.
+
+::
+
+    python experiments/report_results.py
+    python experiments/report_results.py --results results/pointmaze --figures docs/figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cdp_jax import stats  # noqa: E402
+
+ARM_COLORS = {"vanilla": "tab:gray", "cdp": "tab:blue"}
+KEYS = (("running_average", "normalized_score"), ("last", "normalized_score"),
+        ("best", "normalized_score"), ("running_average", "success_rate"))
+DIAG_KEYS = ("mu_network_lowest", "mu_drift_lowest", "mu_drift_mean", "action_spread",
+             "distance_to_data_action")
+
+
+def values(cell: dict, where: str, metric: str) -> list[float]:
+    return [s[where][metric] for s in cell["seeds"].values()]
+
+
+def diag_values(cell: dict, key: str) -> list[float] | None:
+    vals = [s["diagnostics"][key] for s in cell["seeds"].values() if s.get("diagnostics")]
+    return vals or None
+
+
+def fmt(vals, digits: int = 1) -> str:
+    if vals is None:
+        return "not measured"
+    s = stats.mean_ci95(vals)
+    ci = "n/a" if math.isnan(s["ci95"]) else f"{s['ci95']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} ± {ci} ({s['n']})"
+
+
+def verdict(a, b, name_a="vanilla", name_b="cdp") -> str:
+    v = stats.compare(a, b)
+    return {"A": f"**{name_a}**", "B": f"**{name_b}**", "tie": "tie"}[v]
+
+
+def pairs(record: dict) -> dict[str, dict[str, dict]]:
+    """``{group: {arm: cell}}`` in the order the cells were defined."""
+    out: dict[str, dict[str, dict]] = {}
+    for cell in record["cells"].values():
+        out.setdefault(cell["cell"]["group"], {})[cell["cell"]["arm"]] = cell
+    return out
+
+
+def main_table(record: dict, title: str) -> list[str]:
+    lines = [f"### {title}", "",
+             "| data | metric | vanilla | cdp (w = 0.1) | verdict |", "|---|---|---|---|---|"]
+    for group, arms in pairs(record).items():
+        if "vanilla" not in arms or "cdp" not in arms:
+            continue
+        for where, metric in KEYS:
+            a, b = values(arms["vanilla"], where, metric), values(arms["cdp"], where, metric)
+            digits = 2 if metric == "success_rate" else 1
+            label = (f"{metric.replace('normalized_score', 'score').replace('_', ' ')}, "
+                     f"{where.replace('_', ' ')}")
+            lines.append(f"| {group} | {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
+                         f"{verdict(a, b)} |")
+    lines.append("")
+    return lines
+
+
+def diagnostics_table(records: list[dict], title: str) -> list[str]:
+    lines = [f"### {title}", "", "| cell | " + " | ".join(DIAG_KEYS) + " |",
+             "|---|" + "---|" * len(DIAG_KEYS)]
+    for record in records:
+        for name, cell in record["cells"].items():
+            cells = [fmt(diag_values(cell, k), 2) for k in DIAG_KEYS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
+def ablation_table(abl: dict, offline: dict | None) -> list[str]:
+    cells = dict(abl["cells"])
+    reference = {}
+    if offline is not None:
+        for cell in offline["cells"].values():
+            c = cell["cell"]
+            if c["group"] == "umaze 5%":
+                reference[c["arm"]] = cell
+    cells = {**{f"{arm} (offline_rl)": cell for arm, cell in reference.items()}, **cells}
+    lines = ["### Ablations (Diffusion-QL, umaze, 5% of the episodes)", "",
+             "| arm | score, running avg | score, last | success, running avg | "
+             "mu network (lowest) | verdict vs vanilla |", "|---|---|---|---|---|---|"]
+    base = reference.get("vanilla")
+    for name, cell in cells.items():
+        arm = cell["cell"]["arm"] if "offline_rl" not in name else name
+        ra = values(cell, "running_average", "normalized_score")
+        v = "" if base is None or cell is base else verdict(
+            values(base, "running_average", "normalized_score"), ra, "vanilla", arm)
+        lines.append(f"| {arm} | {fmt(ra)} | {fmt(values(cell, 'last', 'normalized_score'))} | "
+                     f"{fmt(values(cell, 'running_average', 'success_rate'), 2)} | "
+                     f"{fmt(diag_values(cell, 'mu_network_lowest'), 2)} | {v} |")
+    lines.append("")
+    # Solver steps: the final checkpoints of the two reference arms re-evaluated.
+    rows = []
+    for arm, cell in reference.items():
+        for steps in ("5", "15", "50"):
+            got = [s["solver_steps"][steps]["normalized_score"] for s in cell["seeds"].values()
+                   if steps in s.get("solver_steps", {})]
+            if got:
+                rows.append((arm, steps, got))
+    if rows:
+        lines += ["Final checkpoints re-evaluated with other solver steps (normalised score):", "",
+                  "| arm | 5 steps | 15 steps | 50 steps |", "|---|---|---|---|"]
+        for arm in reference:
+            by = {s: g for a, s, g in rows if a == arm}
+            lines.append(f"| {arm} | " + " | ".join(fmt(by.get(s)) for s in ("5", "15", "50"))
+                         + " |")
+        lines.append("")
+    return lines
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _bar(ax, groups, arms, cells_by_group, where, metric):
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        means, cis = [], []
+        for g in groups:
+            cell = cells_by_group[g].get(arm)
+            s = stats.mean_ci95(values(cell, where, metric)) if cell else None
+            means.append(s["mean"] if s else np.nan)
+            cis.append(s["ci95"] if s else 0.0)
+        x = np.arange(len(groups)) + (i - (len(arms) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=cis, capsize=3, label=arm,
+               color=ARM_COLORS.get(arm, f"C{i}"))
+    ax.set_xticks(np.arange(len(groups)), groups)
+
+
+def fraction_bars(record: dict, metric: str, path: Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    by = pairs(record)
+    groups = [g for g, arms in by.items() if "vanilla" in arms and "cdp" in arms]
+    if not groups:
+        return
+    fig, ax = plt.subplots(figsize=(1.4 * len(groups) + 2, 3.2))
+    _bar(ax, groups, ["vanilla", "cdp"], by, "running_average", metric)
+    ax.set_ylabel(metric.replace("_", " ") + " (running avg)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def learning_curves(record: dict, metric: str, path: Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    by = pairs(record)
+    groups = [g for g, arms in by.items() if "vanilla" in arms and "cdp" in arms]
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 2.6), sharey=True,
+                             squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        for arm in ("vanilla", "cdp"):
+            seeds = list(by[g][arm]["seeds"].values())
+            steps = [p["step"] for p in seeds[0]["curve"]]
+            y = np.array([[p[metric] for p in s["curve"]] for s in seeds])
+            m = y.mean(0)
+            ci = np.array([stats.mean_ci95(col)["ci95"] for col in y.T])
+            ax.plot(steps, m, label=arm, color=ARM_COLORS[arm])
+            ax.fill_between(steps, m - ci, m + ci, alpha=0.2, color=ARM_COLORS[arm])
+        ax.set_title(g, fontsize=9)
+        ax.set_xlabel("gradient step")
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def mu_curves(record: dict, group: str, path: Path, title: str) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    arms = pairs(record).get(group, {})
+    if not all(a in arms for a in ("vanilla", "cdp")):
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    for ax, target in zip(axes, ("network", "drift"), strict=True):
+        for arm in ("vanilla", "cdp"):
+            diags = [s["diagnostics"] for s in arms[arm]["seeds"].values() if s.get("diagnostics")]
+            if not diags:
+                continue
+            tau = diags[0]["tau"]
+            y = np.array([d[f"mu_{target}_curve"] for d in diags])
+            ax.plot(tau, y.mean(0), "o-", label=arm, color=ARM_COLORS[arm])
+        ax.set_xlabel("sampling time tau (1 = noise)")
+        ax.set_title(f"mu of the {target}", fontsize=9)
+        ax.invert_xaxis()
+        if target == "drift":
+            ax.set_yscale("symlog")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ablation_bars(abl: dict, offline: dict | None, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cells = []
+    if offline is not None:
+        cells += [c for c in offline["cells"].values() if c["cell"]["group"] == "umaze 5%"]
+    cells += list(abl["cells"].values())
+    if not cells:
+        return
+    names = [c["cell"]["arm"] for c in cells]
+    s = [stats.mean_ci95(values(c, "running_average", "normalized_score")) for c in cells]
+    fig, ax = plt.subplots(figsize=(1.0 * len(cells) + 2, 3.2))
+    ax.bar(range(len(cells)), [x["mean"] for x in s], yerr=[x["ci95"] for x in s], capsize=3,
+           color=[ARM_COLORS.get(n, "tab:orange") for n in names])
+    ax.set_xticks(range(len(cells)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("normalised score (running avg)")
+    ax.set_title("Ablations: Diffusion-QL, umaze, 5% of the episodes", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default=str(ROOT / "results" / "pointmaze"))
+    parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
+    parser.add_argument("--prefix", default="pm", help="figure file names: <prefix>_*.png")
+    parser.add_argument("--label", default="PointMaze", help="task family named in the titles")
+    args = parser.parse_args(argv)
+    fig = lambda name: figures / f"{args.prefix}_{name}.png"
+    results, figures = Path(args.results), Path(args.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    load = lambda name: (json.loads((results / f"{name}.json").read_text())
+                         if (results / f"{name}.json").exists() else None)
+    offline, imitation, abl = load("offline_rl"), load("imitation"), load("ablations")
+    lines = [f"# {args.label} studies: generated tables", "",
+             "Written by `python experiments/report_results.py`; mean ± 95% t-interval (seeds).", ""]
+    if offline:
+        lines += main_table(offline, "Offline RL: EDP + Diffusion-QL")
+        fraction_bars(offline, "normalized_score", fig("offline_rl_bars"),
+                      f"Offline RL (Diffusion-QL), {args.label}: score by data fraction")
+        learning_curves(offline, "normalized_score", fig("offline_rl_curves"),
+                        "Offline RL learning curves (mean ± 95% CI)")
+        mu_curves(offline, "umaze 5%", fig("mu_umaze5"),
+                  "mu along the sampling trajectories, umaze 5%")
+    if imitation:
+        lines += main_table(imitation, f"Imitation learning: diffusion BC ({args.label})")
+        fraction_bars(imitation, "success_rate", fig("imitation_bars"),
+                      f"Imitation learning (DBC), {args.label}: success by data fraction")
+        learning_curves(imitation, "success_rate", fig("imitation_curves"),
+                        "Imitation learning curves (mean ± 95% CI)")
+    if abl:
+        lines += ablation_table(abl, offline)
+        ablation_bars(abl, offline, fig("ablations"))
+    present = [r for r in (offline, imitation, abl) if r]
+    if present:
+        lines += diagnostics_table(present, "Contraction diagnostics of the final EMA actors")
+    (results / "tables.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
