@@ -94,21 +94,15 @@ def diagnostics_table(records: list[dict], title: str) -> list[str]:
     return lines
 
 
-def ablation_table(abl: dict, offline: dict | None) -> list[str]:
-    cells = dict(abl["cells"])
-    reference = {}
-    if offline is not None:
-        for cell in offline["cells"].values():
-            c = cell["cell"]
-            if c["group"] == "umaze 5%":
-                reference[c["arm"]] = cell
-    cells = {**{f"{arm} (offline_rl)": cell for arm, cell in reference.items()}, **cells}
+def ablation_table(abl: dict) -> list[str]:
+    """The ablation cells next to the two offline-RL cells they vary (weight 0 and 0.1)."""
+    cells = abl["cells"]
+    base = next((c for c in cells.values() if c["cell"]["arm"] == "vanilla"), None)
     lines = ["### Ablations (Diffusion-QL, umaze, 5% of the episodes)", "",
              "| arm | score, running avg | score, last | success, running avg | "
              "mu network (lowest) | verdict vs vanilla |", "|---|---|---|---|---|---|"]
-    base = reference.get("vanilla")
-    for name, cell in cells.items():
-        arm = cell["cell"]["arm"] if "offline_rl" not in name else name
+    for cell in cells.values():
+        arm = cell["cell"]["arm"]
         ra = values(cell, "running_average", "normalized_score")
         v = "" if base is None or cell is base else verdict(
             values(base, "running_average", "normalized_score"), ra, "vanilla", arm)
@@ -116,19 +110,18 @@ def ablation_table(abl: dict, offline: dict | None) -> list[str]:
                      f"{fmt(values(cell, 'running_average', 'success_rate'), 2)} | "
                      f"{fmt(diag_values(cell, 'mu_network_lowest'), 2)} | {v} |")
     lines.append("")
-    # Solver steps: the final checkpoints of the two reference arms re-evaluated.
-    rows = []
-    for arm, cell in reference.items():
+    solver = {}  # arm -> steps -> per-seed scores of the final checkpoints re-evaluated
+    for cell in cells.values():
         for steps in ("5", "15", "50"):
             got = [s["solver_steps"][steps]["normalized_score"] for s in cell["seeds"].values()
                    if steps in s.get("solver_steps", {})]
             if got:
-                rows.append((arm, steps, got))
-    if rows:
-        lines += ["Final checkpoints re-evaluated with other solver steps (normalised score):", "",
-                  "| arm | 5 steps | 15 steps | 50 steps |", "|---|---|---|---|"]
-        for arm in reference:
-            by = {s: g for a, s, g in rows if a == arm}
+                solver.setdefault(cell["cell"]["arm"], {})[steps] = got
+    if solver:
+        lines += ["Final checkpoints re-evaluated with 5, 15 and 50 solver steps (normalised "
+                  "score; trained with 5):", "", "| arm | 5 steps | 15 steps | 50 steps |",
+                  "|---|---|---|---|"]
+        for arm, by in solver.items():
             lines.append(f"| {arm} | " + " | ".join(fmt(by.get(s)) for s in ("5", "15", "50"))
                          + " |")
         lines.append("")
@@ -234,16 +227,13 @@ def mu_curves(record: dict, group: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def ablation_bars(abl: dict, offline: dict | None, path: Path) -> None:
+def ablation_bars(abl: dict, path: Path) -> None:
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    cells = []
-    if offline is not None:
-        cells += [c for c in offline["cells"].values() if c["cell"]["group"] == "umaze 5%"]
-    cells += list(abl["cells"].values())
+    cells = list(abl["cells"].values())
     if not cells:
         return
     names = [c["cell"]["arm"] for c in cells]
@@ -290,9 +280,12 @@ def main(argv=None) -> int:
         learning_curves(imitation, "success_rate", fig("imitation_curves"),
                         "Imitation learning curves (mean ± 95% CI)")
     if abl:
-        lines += ablation_table(abl, offline)
-        ablation_bars(abl, offline, fig("ablations"))
-    present = [r for r in (offline, imitation, abl) if r]
+        lines += ablation_table(abl)
+        ablation_bars(abl, fig("ablations"))
+    present = [r for r in (offline, imitation) if r]
+    if abl:  # its weight 0 / 0.1 cells are offline_rl's, listed there already
+        present.append({"cells": {k: v for k, v in abl["cells"].items()
+                                  if v["cell"]["study"] == "ablations"}})
     if present:
         lines += diagnostics_table(present, "Contraction diagnostics of the final EMA actors")
     (results / "tables.md").write_text("\n".join(lines))
