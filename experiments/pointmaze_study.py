@@ -150,19 +150,39 @@ def run_cells(label: str, cells: list[Cell], args) -> None:
 
 
 def run_solver_step_evals(cells: list[Cell], args) -> None:
-    """Re-evaluate the final checkpoint of every seed of ``cells`` with 5, 15 and 50 solver steps."""
+    """Re-evaluate every seed's final checkpoint with 5, 15 and 50 solver steps.
+
+    One process for all of them (a compiled policy per step count, shared by the seeds), the run's
+    own evaluation protocol and evaluation key, so the step counts see the same initial states.
+    Writes ``seed_<k>/solver<steps>.json``.
+    """
+    import jax  # noqa: PLC0415
+
+    from cdp_jax import training  # noqa: PLC0415
+    from cdp_jax.data import minari  # noqa: PLC0415
+
     for cell in cells:
+        act = jax.jit(training.get_agent(cell.agent).act)
+        data = minari.load(cell.dataset, num_episodes=1)  # env spec and reference scores
         for seed_dir in sorted(cell.run_dir(args).glob("seed_*")):
-            for steps in EVAL_SOLVER_STEPS:
-                tag = f"solver{steps}"
-                if list(seed_dir.glob(f"eval_*_{tag}.json")):
-                    continue
-                cmd = [sys.executable, str(ROOT / "experiments" / "evaluate.py"), str(seed_dir),
-                       "--set", f"sampler_steps={steps}", "--tag", tag]
-                with open(seed_dir / f"{tag}.log", "w") as log:
-                    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"evaluation {seed_dir} {tag} failed; see {log.name}")
+            todo = [n for n in EVAL_SOLVER_STEPS if not (seed_dir / f"solver{n}.json").exists()]
+            if not todo:
+                continue
+            config, agent_config, state, norm, meta = training.load_policy(seed_dir)
+            envs = training.make_eval_envs(data, config)
+            try:
+                for n in todo:
+                    policy = state.replace(config=dataclasses.replace(
+                        agent_config, sampler_steps=n).validate())
+                    result = training.run_evaluation(act, cell.agent, policy, data, norm, envs,
+                                                     config, meta["step"])
+                    record = {k: result[k] for k in ("normalized_score", "success_rate")}
+                    record.update(gradient_step=meta["step"], sampler_steps=n,
+                                  episodes=config.eval_episodes)
+                    (seed_dir / f"solver{n}.json").write_text(json.dumps(record))
+            finally:
+                envs.close()
+            print(f"  {seed_dir}: solver steps {todo} evaluated", flush=True)
 
 
 # ----------------------------------------------------------------------------- collection
@@ -192,10 +212,9 @@ def collect_cell(cell: Cell, args) -> dict | None:
         last_log = metrics[-1] if metrics else {}
         solver = {}
         for steps in EVAL_SOLVER_STEPS:
-            found = sorted(seed_dir.glob(f"eval_*_solver{steps}.json"))
-            if found:
-                entry = json.loads(found[-1].read_text())["evaluations"][-1]
-                solver[str(steps)] = {k: entry[k] for k in ("normalized_score", "success_rate")}
+            path = seed_dir / f"solver{steps}.json"
+            if path.exists():
+                solver[str(steps)] = json.loads(path.read_text())
         diag_path = seed_dir / "diagnostics.json"
         seeds[str(seed)] = {
             "last": {k: ev["last"][k] for k in ("gradient_step", "normalized_score",
