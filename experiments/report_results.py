@@ -4,7 +4,8 @@ Reads what ``experiments/pointmaze_study.py`` collected and writes
 
 * ``results/pointmaze/tables.md``: every cell as mean ± 95% t-interval (seed count), last / best /
   running-average normalised score and success rate, the verdict of each vanilla-vs-CDP pair
-  (a tie when the intervals overlap), the ablation table and the contraction diagnostics;
+  (a tie when the intervals overlap), the paired per-seed difference (same seed, same data
+  subset) as supplementary evidence, the ablation table and the contraction diagnostics;
 * ``docs/figures/<prefix>_*.png`` (``pm`` by default): scores per data fraction (bars), learning
   curves, ``mu`` over sampling time, and the ablations.
 
@@ -66,9 +67,17 @@ def pairs(record: dict) -> dict[str, dict[str, dict]]:
     return out
 
 
+def paired(arms: dict, where: str, metric: str) -> list[float] | None:
+    """Per-seed ``cdp - vanilla`` (same seed: same data subset and evaluation starts)."""
+    a, b = arms["vanilla"]["seeds"], arms["cdp"]["seeds"]
+    common = sorted(set(a) & set(b), key=int)
+    return [b[k][where][metric] - a[k][where][metric] for k in common] or None
+
+
 def main_table(record: dict, title: str) -> list[str]:
     lines = [f"### {title}", "",
-             "| data | metric | vanilla | cdp (w = 0.1) | verdict |", "|---|---|---|---|---|"]
+             "| data | metric | vanilla | cdp (w = 0.1) | verdict | paired cdp - vanilla |",
+             "|---|---|---|---|---|---|"]
     for group, arms in pairs(record).items():
         if "vanilla" not in arms or "cdp" not in arms:
             continue
@@ -78,7 +87,7 @@ def main_table(record: dict, title: str) -> list[str]:
             label = (f"{metric.replace('normalized_score', 'score').replace('_', ' ')}, "
                      f"{where.replace('_', ' ')}")
             lines.append(f"| {group} | {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
-                         f"{verdict(a, b)} |")
+                         f"{verdict(a, b)} | {fmt(paired(arms, where, metric), digits)} |")
     lines.append("")
     return lines
 
