@@ -64,20 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES),
                         default=["mlp", "unet"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.1, 0.05])
-    parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--eval-every", type=int, default=1000)
-    parser.add_argument("--eval-episodes", type=int, default=20, help="per seed and evaluation")
-    parser.add_argument("--runs-root", default=str(ROOT / "runs" / "study"))
-    parser.add_argument("--out", default=str(ROOT / "results" / "fetch"))
-    parser.add_argument("--collect-only", action="store_true")
-    parser.add_argument("--no-diagnostics", action="store_true")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: seeds 0-1, 20 steps, 2 episodes (overrides those flags)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.steps, args.eval_every, args.eval_episodes = "0-1", 20, 10, 2
-    return args
+    study.add_run_args(parser, out=str(ROOT / "results" / "fetch"), steps=3000, eval_every=1000,
+                       eval_episodes=20)
+    return study.parse_run_args(parser, argv)
 
 
 def main(argv=None) -> int:
@@ -85,10 +74,7 @@ def main(argv=None) -> int:
     grid = cells(args.tasks, args.backbones, args.fractions)
     if not args.collect_only:
         study.run_cells("fetch", grid, args)
-    if not args.no_diagnostics:
-        for cell in grid:
-            if (cell.run_dir(args) / "seeds.json").exists():
-                study.diagnose_cell(cell.run_dir(args), cell.agent)
+    study.diagnose_finished(grid, args)
     print(f"imitation: {study.collect('imitation', grid, args)}", flush=True)
     return 0
 

@@ -342,29 +342,49 @@ def _load_dataset(dataset_id: str):
 # ----------------------------------------------------------------------------- main
 
 
+def add_run_args(parser, *, out: str, steps: int, eval_every: int, eval_episodes: int) -> None:
+    """The flags every study script shares (seeds, length, evaluation, paths, modes)."""
+    parser.add_argument("--seeds", default="0-4", help="seeds of every cell (train.py --seeds)")
+    parser.add_argument("--steps", type=int, default=steps, help="gradient steps per run")
+    parser.add_argument("--eval-every", type=int, default=eval_every)
+    parser.add_argument("--eval-episodes", type=int, default=eval_episodes,
+                        help="per seed and evaluation")
+    parser.add_argument("--runs-root", default=str(ROOT / "runs" / "study"))
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--collect-only", action="store_true", help="only rebuild the JSON")
+    parser.add_argument("--no-diagnostics", action="store_true",
+                        help="skip the contraction diagnostics of finished cells")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: seeds 0-1, 20 steps, 2 episodes (overrides those flags)")
+
+
+def parse_run_args(parser, argv):
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.eval_every, args.eval_episodes = "0-1", 20, 10, 2
+    return args
+
+
+def diagnose_finished(cells: list[Cell], args) -> None:
+    """Diagnostics of every finished cell (unless ``--no-diagnostics``)."""
+    if args.no_diagnostics:
+        return
+    for cell in cells:
+        if (cell.run_dir(args) / "seeds.json").exists():
+            diagnose_cell(cell.run_dir(args), cell.agent)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", choices=(*STUDIES, "all"), default="all")
     parser.add_argument("--mazes", nargs="+", choices=sorted(DATASETS), default=["umaze", "medium"],
                         help="mazes of the offline_rl study")
-    parser.add_argument("--seeds", default="0-4", help="seeds of every cell (train.py --seeds)")
-    parser.add_argument("--steps", type=int, default=2000, help="gradient steps per run")
-    parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--eval-episodes", type=int, default=10, help="per seed and evaluation")
-    parser.add_argument("--runs-root", default=str(ROOT / "runs" / "study"))
-    parser.add_argument("--out", default=str(ROOT / "results" / "pointmaze"))
     parser.add_argument("--cells", nargs="+", default=None, metavar="NAME",
                         help="only these cells (names as in runs/study/<study>/)")
-    parser.add_argument("--collect-only", action="store_true", help="only rebuild the JSON")
-    parser.add_argument("--no-diagnostics", action="store_true",
-                        help="skip the contraction diagnostics of finished cells")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: seeds 0-1, 20 steps, 2 episodes (overrides those flags)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.steps, args.eval_every, args.eval_episodes = "0-1", 20, 10, 2
-    return args
+    add_run_args(parser, out=str(ROOT / "results" / "pointmaze"), steps=2000, eval_every=500,
+                 eval_episodes=10)
+    return parse_run_args(parser, argv)
 
 
 def main(argv=None) -> int:
@@ -382,10 +402,7 @@ def main(argv=None) -> int:
                 print("[ablations] solver-step re-evaluations ...", flush=True)
                 run_solver_step_evals([c for c in cells if c in ablation_reference_cells()],
                                       args)
-        if not args.no_diagnostics:
-            for cell in cells:
-                if (cell.run_dir(args) / "seeds.json").exists():
-                    diagnose_cell(cell.run_dir(args), cell.agent)
+        diagnose_finished(cells, args)
         print(f"{study}: {collect(study, cells, args)}", flush=True)
     return 0
 

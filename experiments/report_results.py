@@ -140,6 +140,20 @@ def ablation_table(abl: dict) -> list[str]:
 # ----------------------------------------------------------------------------- figures
 
 
+def _pyplot():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def paired_groups(by: dict) -> list[str]:
+    """The groups that have both a vanilla and a CDP cell."""
+    return [g for g, arms in by.items() if "vanilla" in arms and "cdp" in arms]
+
+
 def _bar(ax, groups, arms, cells_by_group, where, metric):
     width = 0.8 / len(arms)
     for i, arm in enumerate(arms):
@@ -156,13 +170,9 @@ def _bar(ax, groups, arms, cells_by_group, where, metric):
 
 
 def fraction_bars(record: dict, metric: str, path: Path, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = _pyplot()
     by = pairs(record)
-    groups = [g for g, arms in by.items() if "vanilla" in arms and "cdp" in arms]
+    groups = paired_groups(by)
     if not groups:
         return
     fig, ax = plt.subplots(figsize=(1.4 * len(groups) + 2, 3.2))
@@ -176,13 +186,9 @@ def fraction_bars(record: dict, metric: str, path: Path, title: str) -> None:
 
 
 def learning_curves(record: dict, metric: str, path: Path, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = _pyplot()
     by = pairs(record)
-    groups = [g for g, arms in by.items() if "vanilla" in arms and "cdp" in arms]
+    groups = paired_groups(by)
     if not groups:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 2.6), sharey=True,
@@ -207,11 +213,7 @@ def learning_curves(record: dict, metric: str, path: Path, title: str) -> None:
 
 
 def mu_curves(record: dict, group: str, path: Path, title: str) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = _pyplot()
     arms = pairs(record).get(group, {})
     if not all(a in arms for a in ("vanilla", "cdp")):
         return
@@ -237,11 +239,7 @@ def mu_curves(record: dict, group: str, path: Path, title: str) -> None:
 
 
 def ablation_bars(abl: dict, path: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = _pyplot()
     cells = list(abl["cells"].values())
     if not cells:
         return
