@@ -241,8 +241,8 @@ def collect(study: str, cells: list[Cell], args) -> Path:
     out = Path(args.out) / f"{study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {c.name: r for c in cells if (r := collect_cell(c, args)) is not None}
-    record = {"study": study, "command": " ".join(["python", "experiments/pointmaze_study.py",
-                                                    *sys.argv[1:]]),
+    script = f"experiments/{Path(sys.argv[0]).name}"  # pointmaze_study.py or fetch_study.py
+    record = {"study": study, "command": " ".join(["python", script, *sys.argv[1:]]),
               "protocol": {"steps": args.steps, "eval_every": args.eval_every,
                            "eval_episodes_per_seed": args.eval_episodes, "seeds": args.seeds,
                            "main_weight": MAIN_WEIGHT},
