@@ -35,24 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cdp_jax import chunk_networks, contraction, diffusion, schedules
+from contraction_overhead import exact_regulariser, make_step
+
+from cdp_jax import chunk_networks, contraction, schedules
 
 OBS_SHAPE = (2, 28)  # Fetch: history 2 of [observation (25), desired_goal (3)]
 CHUNKS = {"16x4": (16, 4), "16x7": (16, 7)}
-
-
-def exact_regulariser(config, denoiser, schedule, x_t, t, cond, key, *, prediction):
-    """The eigen penalty with the Jacobian materialised (jacfwd) and eigvalsh, same sample count."""
-    n = config.penalised_count(x_t.shape[0])
-    idx = jax.random.choice(key, x_t.shape[0], (n,), replace=False)
-
-    def one(x, t_i, c):
-        fn = contraction.target_function(config.target, denoiser, schedule, t_i, c[None],
-                                         prediction)
-        mu = contraction.exact_max_sym_eigenvalue(fn, x)
-        return jnp.square(jax.nn.relu(mu + config.margin))
-
-    return config.weight * jnp.mean(jax.vmap(one)(x_t[idx], t[idx], cond[idx])), {}
 
 
 def variants():
@@ -65,24 +53,6 @@ def variants():
         "frobenius": (cfg(penalty="frobenius", window=1.0, num_penalised=0.1), reg),
         "exact_jacobian": (cfg(window=1.0, num_penalised=0.1), exact_regulariser),
     }
-
-
-def make_step(model, schedule, optimiser, config, regulariser):
-    def loss_fn(params, x0, obs, key):
-        denoiser = lambda x, t, c: model.apply(params, x, t, c)
-        k1, k2 = jax.random.split(key)
-        loss, aux = diffusion.denoising_loss(denoiser, schedule, x0, obs, k1, prediction="x0")
-        reg, _ = regulariser(config, denoiser, schedule, aux["x_t"], aux["t"], obs, k2,
-                             prediction="x0")
-        return loss + reg
-
-    @jax.jit
-    def step(params, opt_state, x0, obs, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x0, obs, key)
-        updates, opt_state = optimiser.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step, jax.jit(loss_fn)
 
 
 def timed(fn, args):
