@@ -1,4 +1,5 @@
-"""Pieces shared by the agents: config validation, optimisers, EMA, schedules, config <-> JSON."""
+"""Pieces shared by the agents: config validation, optimisers, EMA, schedules, the behaviour-cloning
+loss, config <-> JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import typing
 import jax
 import optax
 
-from cdp_jax import schedules
+from cdp_jax import contraction, diffusion, schedules
 
 SCHEDULES = {"cosine": schedules.cosine, "linear": schedules.linear}
 
@@ -44,6 +45,27 @@ def make_optimizer(lr: float, decay_steps: int | None, weight_decay: float,
 def ema_update(ema, new, decay: float):
     """``decay * ema + (1 - decay) * new`` leaf by leaf."""
     return jax.tree.map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
+
+
+def bc_loss_with_contraction(config, actor, params, batch: dict, key: jax.Array):
+    """Diffusion behaviour cloning: ``L_bc + L_contraction`` on the same noisy actions.
+
+    ``config`` has ``schedule``, ``diffusion_steps``, ``prediction`` and ``contraction`` (DBC's and
+    IDQL's actor); ``actor`` is the denoiser module, applied as ``actor.apply(params, x, t, obs)``.
+    Returns ``(loss, metrics)``; the penalty is exactly 0, and not computed, with weight 0.
+    """
+    schedule = make_schedule(config.schedule, config.diffusion_steps)
+    denoiser = lambda x, t, c: actor.apply(params, x, t, c)
+    key_bc, key_reg = jax.random.split(key)
+    obs = batch["observations"]
+    bc_loss, aux = diffusion.denoising_loss(denoiser, schedule, batch["actions"], obs, key_bc,
+                                            prediction=config.prediction)
+    reg, reg_metrics = contraction.contraction_regulariser(
+        config.contraction, denoiser, schedule, aux["x_t"], aux["t"], obs, key_reg,
+        prediction=config.prediction)
+    loss = bc_loss + reg
+    return loss, {"actor/loss": loss, "actor/bc_loss": bc_loss, "actor/contraction_loss": reg,
+                  **reg_metrics}
 
 
 def config_to_dict(config) -> dict:

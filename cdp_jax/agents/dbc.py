@@ -25,6 +25,7 @@ from flax import struct
 
 from cdp_jax import chunk_networks, contraction, diffusion, networks, samplers
 from cdp_jax.agents.common import (
+    bc_loss_with_contraction,
     check_choice,
     check_positive,
     ema_update,
@@ -77,20 +78,7 @@ def init(key: jax.Array, config: DBCConfig, obs_dim: int, action_dim: int) -> DB
 
 def loss_fn(params, state: DBCState, batch: dict, key: jax.Array):
     """Denoising loss plus contraction penalty. Returns ``(loss, metrics)``."""
-    config = state.config
-    schedule = make_schedule(config.schedule, config.diffusion_steps)
-    actor = _actor(config)
-    denoiser = lambda x, t, c: actor.apply(params, x, t, c)
-    key_bc, key_reg = jax.random.split(key)
-    obs, actions = batch["observations"], batch["actions"]
-    bc_loss, aux = diffusion.denoising_loss(denoiser, schedule, actions, obs, key_bc,
-                                            prediction=config.prediction)
-    reg, reg_metrics = contraction.contraction_regulariser(
-        config.contraction, denoiser, schedule, aux["x_t"], aux["t"], obs, key_reg,
-        prediction=config.prediction)
-    loss = bc_loss + reg
-    return loss, {"actor/loss": loss, "actor/bc_loss": bc_loss, "actor/contraction_loss": reg,
-                  **reg_metrics}
+    return bc_loss_with_contraction(state.config, _actor(state.config), params, batch, key)
 
 
 def update(state: DBCState, batch: dict, key: jax.Array) -> tuple[DBCState, dict]:

@@ -28,6 +28,7 @@ from flax import struct
 
 from cdp_jax import contraction, diffusion, networks, samplers
 from cdp_jax.agents.common import (
+    bc_loss_with_contraction,
     check_choice,
     check_positive,
     ema_update,
@@ -117,20 +118,7 @@ def critic_loss(critic_params, state: IDQLState, value_params, batch: dict):
 
 def actor_loss(actor_params, state: IDQLState, batch: dict, key: jax.Array):
     """Denoising loss plus contraction penalty (behaviour cloning)."""
-    config = state.config
-    schedule = make_schedule(config.schedule, config.diffusion_steps)
-    actor = _actor(config)
-    denoiser = lambda x, t, c: actor.apply(actor_params, x, t, c)
-    key_bc, key_reg = jax.random.split(key)
-    obs = batch["observations"]
-    bc_loss, aux = diffusion.denoising_loss(denoiser, schedule, batch["actions"], obs, key_bc,
-                                            prediction=config.prediction)
-    reg, reg_metrics = contraction.contraction_regulariser(
-        config.contraction, denoiser, schedule, aux["x_t"], aux["t"], obs, key_reg,
-        prediction=config.prediction)
-    loss = bc_loss + reg
-    return loss, {"actor/loss": loss, "actor/bc_loss": bc_loss, "actor/contraction_loss": reg,
-                  **reg_metrics}
+    return bc_loss_with_contraction(state.config, _actor(state.config), actor_params, batch, key)
 
 
 def update(state: IDQLState, batch: dict, key: jax.Array) -> tuple[IDQLState, dict]:
