@@ -16,3 +16,13 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture(scope="module")
+def minari_root(tmp_path_factory):
+    """A private Minari datasets root (``MINARI_DATASETS_PATH``) for a whole test module; nothing
+    touches ``~/.minari``."""
+    root = tmp_path_factory.mktemp("minari")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(root))
+        yield root

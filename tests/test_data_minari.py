@@ -17,15 +17,6 @@ NUM_STEPS = 5000
 
 
 @pytest.fixture(scope="module")
-def minari_root(tmp_path_factory):
-    """A private datasets root for the whole module."""
-    root = tmp_path_factory.mktemp("minari")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def built(minari_root):
     """A small umaze dataset (summary dict) with 50-episode reference scores."""
     return pointmaze.build("umaze", NUM_STEPS, seed=0, dataset_id=DATASET_ID,

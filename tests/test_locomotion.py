@@ -18,14 +18,6 @@ STEPS = 600  # per policy
 
 
 @pytest.fixture(scope="module")
-def minari_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("minari")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINARI_DATASETS_PATH", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("behaviour") / "hopper"
     config = sac.default_config(hidden_dims=(64, 64), batch_size=64, learning_starts=500)
