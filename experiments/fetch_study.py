@@ -13,9 +13,15 @@ demonstrations. Each cell is one ``experiments/train.py --seeds ...`` call (the 
     python experiments/fetch_study.py                             # the whole grid
     python experiments/fetch_study.py --tasks push --backbones mlp --fractions 1.0 0.1
     python experiments/fetch_study.py --collect-only
+    python experiments/fetch_study.py --ablations                 # the UNet ablation below
 
 Writes ``results/fetch/imitation.json``; tables with ``python experiments/report_results.py
 --results results/fetch``.
+
+``--ablations`` varies the UNet's penalty on Push with all demonstrations, the cell where it
+lowered success: weight 0.01 instead of 0.1, and the lowest 10 % of noise levels (window 0.1, the
+offline-RL default) instead of all. Its table compares them with that cell's vanilla and CDP arms
+(``results/fetch/ablations.json``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,22 @@ def cells(tasks, backbones, fractions) -> list[study.Cell]:
     return out
 
 
+def ablation_cells() -> list[study.Cell]:
+    """The UNet ablation on Push 100 %: the grid's two arms first, then the two variants."""
+    reference = cells(["push"], ["unet"], [1.0])
+    cdp = reference[1]
+    chunk = tuple(s for s in CHUNK if not s.startswith("contraction.window="))
+    variants = [
+        study.Cell("fetch_ablations", "dbc_unet_push_f100_weight0.01", "dbc", cdp.dataset, None,
+                   0.01, sets=CHUNK + BACKBONES["unet"], group=cdp.group, arm="weight=0.01",
+                   extra_args=cdp.extra_args),
+        study.Cell("fetch_ablations", "dbc_unet_push_f100_window0.1", "dbc", cdp.dataset, None,
+                   study.MAIN_WEIGHT, sets=chunk + ("contraction.window=0.1",) + BACKBONES["unet"],
+                   group=cdp.group, arm="window=0.1", extra_args=cdp.extra_args),
+    ]
+    return reference + variants
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +86,8 @@ def parse_args(argv=None):
     parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES),
                         default=["mlp", "unet"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.1, 0.05])
+    parser.add_argument("--ablations", action="store_true",
+                        help="run the UNet penalty ablation (Push, 100%%) instead of the grid")
     study.add_run_args(parser, out=str(ROOT / "results" / "fetch"), steps=3000, eval_every=1000,
                        eval_episodes=20)
     return study.parse_run_args(parser, argv)
@@ -71,11 +95,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    grid = cells(args.tasks, args.backbones, args.fractions)
+    if args.ablations:
+        name, grid = "ablations", ablation_cells()
+        title = "Ablations (DBC, temporal UNet, Push, 100% of the demonstrations)"
+    else:
+        name, grid, title = "imitation", cells(args.tasks, args.backbones, args.fractions), None
     if not args.collect_only:
-        study.run_cells("fetch", grid, args)
+        study.run_cells(f"fetch {name}", grid, args)
     study.diagnose_finished(grid, args)
-    print(f"imitation: {study.collect('imitation', grid, args)}", flush=True)
+    print(f"{name}: {study.collect(name, grid, args, title=title)}", flush=True)
     return 0
 
 

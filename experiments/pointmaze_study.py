@@ -237,7 +237,8 @@ def collect_cell(cell: Cell, args) -> dict | None:
             "seeds": seeds}
 
 
-def collect(study: str, cells: list[Cell], args) -> Path:
+def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Path:
+    """Write ``<out>/<study>.json`` from the finished cells; ``title`` names an ablation table."""
     out = Path(args.out) / f"{study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {c.name: r for c in cells if (r := collect_cell(c, args)) is not None}
@@ -247,6 +248,8 @@ def collect(study: str, cells: list[Cell], args) -> Path:
                            "eval_episodes_per_seed": args.eval_episodes, "seeds": args.seeds,
                            "main_weight": MAIN_WEIGHT},
               "cells": results, "missing": [c.name for c in cells if c.name not in results]}
+    if title is not None:
+        record["title"] = title
     out.write_text(json.dumps(record, indent=1))
     return out
 

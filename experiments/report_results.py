@@ -103,21 +103,28 @@ def diagnostics_table(records: list[dict], title: str) -> list[str]:
     return lines
 
 
+ABLATION_TITLE = "Ablations (Diffusion-QL, umaze, 5% of the episodes)"
+
+
 def ablation_table(abl: dict) -> list[str]:
-    """The ablation cells next to the two offline-RL cells they vary (weight 0 and 0.1)."""
+    """The ablation cells next to the cells they vary (the first ``vanilla`` arm is the base)."""
     cells = abl["cells"]
     base = next((c for c in cells.values() if c["cell"]["arm"] == "vanilla"), None)
-    lines = ["### Ablations (Diffusion-QL, umaze, 5% of the episodes)", "",
+    lines = [f"### {abl.get('title', ABLATION_TITLE)}", "",
              "| arm | score, running avg | score, last | success, running avg | "
-             "mu network (lowest) | verdict vs vanilla |", "|---|---|---|---|---|---|"]
+             "mu network (lowest) | verdict vs vanilla (score) | (success) |",
+             "|---|---|---|---|---|---|---|"]
     for cell in cells.values():
         arm = cell["cell"]["arm"]
         ra = values(cell, "running_average", "normalized_score")
-        v = "" if base is None or cell is base else verdict(
-            values(base, "running_average", "normalized_score"), ra, "vanilla", arm)
+        success = values(cell, "running_average", "success_rate")
+        v = w = ""
+        if base is not None and cell is not base:
+            v = verdict(values(base, "running_average", "normalized_score"), ra, "vanilla", arm)
+            w = verdict(values(base, "running_average", "success_rate"), success, "vanilla", arm)
         lines.append(f"| {arm} | {fmt(ra)} | {fmt(values(cell, 'last', 'normalized_score'))} | "
-                     f"{fmt(values(cell, 'running_average', 'success_rate'), 2)} | "
-                     f"{fmt(diag_values(cell, 'mu_network_lowest'), 2)} | {v} |")
+                     f"{fmt(success, 2)} | {fmt(diag_values(cell, 'mu_network_lowest'), 2)} | "
+                     f"{v} | {w} |")
     lines.append("")
     solver = {}  # arm -> steps -> per-seed scores of the final checkpoints re-evaluated
     for cell in cells.values():
@@ -250,7 +257,7 @@ def ablation_bars(abl: dict, path: Path) -> None:
            color=[ARM_COLORS.get(n, "tab:orange") for n in names])
     ax.set_xticks(range(len(cells)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("normalised score (running avg)")
-    ax.set_title("Ablations: Diffusion-QL, umaze, 5% of the episodes", fontsize=10)
+    ax.set_title(abl.get("title", ABLATION_TITLE), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -290,9 +297,9 @@ def main(argv=None) -> int:
         lines += ablation_table(abl)
         ablation_bars(abl, fig("ablations"))
     present = [r for r in (offline, imitation) if r]
-    if abl:  # its weight 0 / 0.1 cells are offline_rl's, listed there already
-        present.append({"cells": {k: v for k, v in abl["cells"].items()
-                                  if v["cell"]["study"] == "ablations"}})
+    if abl:  # its reference cells are the main study's, listed there already
+        listed = {name for r in present for name in r["cells"]}
+        present.append({"cells": {k: v for k, v in abl["cells"].items() if k not in listed}})
     if present:
         lines += diagnostics_table(present, "Contraction diagnostics of the final EMA actors")
     (results / "tables.md").write_text("\n".join(lines))

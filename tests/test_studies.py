@@ -42,6 +42,11 @@ def test_grids_match_the_issue():
                                                 "contraction.window=1.0"}
     fetch = fetch_study.cells(["push", "pickandplace"], ["mlp", "unet"], [1.0, 0.5, 0.1, 0.05])
     assert len(fetch) == 32 and len({c.name for c in fetch}) == 32
+    fetch_abl = fetch_study.ablation_cells()
+    assert fetch_abl[:2] == [c for c in fetch if c.group == "push unet 100%"]
+    windows = [[s for s in c.sets if s.startswith("contraction.window=")] for c in fetch_abl]
+    assert windows == [["contraction.window=1.0"]] * 3 + [["contraction.window=0.1"]]
+    assert [c.weight for c in fetch_abl] == [0.0, 0.1, 0.01, 0.1]
     with pytest.raises(ValueError, match="Unknown study"):
         pointmaze_study.cells_for("bogus", ())
 
