@@ -121,7 +121,7 @@ def test_dbc_unet_beats_random_on_push(datasets_root):
     summary = fetch.build("push", num_demos=100, dataset_id="test/fetch/push-v0",
                           num_reference_episodes=50)
     out = _train(datasets_root, "test/fetch/push-v0", steps=3000, eval_episodes=50, eval_envs=10,
-                 hidden_dim=16, depth=2)
+                 hidden_dim=64, depth=2)
     success = out["eval"]["last"]["success_rate"]
     assert success > summary["random_success_rate"] + 0.1, (success, summary)
 
