@@ -27,6 +27,7 @@ offline-RL default) instead of all. Its table compares them with that cell's van
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -67,16 +68,13 @@ def ablation_cells() -> list[study.Cell]:
     """The UNet ablation on Push 100 %: the grid's two arms first, then the two variants."""
     reference = cells(["push"], ["unet"], [1.0])
     cdp = reference[1]
-    chunk = tuple(s for s in CHUNK if not s.startswith("contraction.window="))
-    variants = [
-        study.Cell("fetch_ablations", "dbc_unet_push_f100_weight0.01", "dbc", cdp.dataset, None,
-                   0.01, sets=CHUNK + BACKBONES["unet"], group=cdp.group, arm="weight=0.01",
-                   extra_args=cdp.extra_args),
-        study.Cell("fetch_ablations", "dbc_unet_push_f100_window0.1", "dbc", cdp.dataset, None,
-                   study.MAIN_WEIGHT, sets=chunk + ("contraction.window=0.1",) + BACKBONES["unet"],
-                   group=cdp.group, arm="window=0.1", extra_args=cdp.extra_args),
+    variant = lambda name, arm, **kw: dataclasses.replace(
+        cdp, study="fetch_ablations", name=f"dbc_unet_push_f100_{name}", arm=arm, **kw)
+    window_sets = tuple(s for s in cdp.sets if not s.startswith("contraction.window="))
+    return reference + [
+        variant("weight0.01", "weight=0.01", weight=0.01),
+        variant("window0.1", "window=0.1", sets=window_sets + ("contraction.window=0.1",)),
     ]
-    return reference + variants
 
 
 def parse_args(argv=None):

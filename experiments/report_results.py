@@ -67,9 +67,9 @@ def pairs(record: dict) -> dict[str, dict[str, dict]]:
     return out
 
 
-def paired(arms: dict, where: str, metric: str) -> list[float] | None:
-    """Per-seed ``cdp - vanilla`` (same seed: same data subset and evaluation starts)."""
-    a, b = arms["vanilla"]["seeds"], arms["cdp"]["seeds"]
+def paired(base: dict, cell: dict, where: str, metric: str) -> list[float] | None:
+    """Per-seed ``cell - base`` (same seed: same data subset and evaluation starts)."""
+    a, b = base["seeds"], cell["seeds"]
     common = sorted(set(a) & set(b), key=int)
     return [b[k][where][metric] - a[k][where][metric] for k in common] or None
 
@@ -86,8 +86,9 @@ def main_table(record: dict, title: str) -> list[str]:
             digits = 2 if metric == "success_rate" else 1
             label = (f"{metric.replace('normalized_score', 'score').replace('_', ' ')}, "
                      f"{where.replace('_', ' ')}")
+            diff = paired(arms["vanilla"], arms["cdp"], where, metric)
             lines.append(f"| {group} | {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
-                         f"{verdict(a, b)} | {fmt(paired(arms, where, metric), digits)} |")
+                         f"{verdict(a, b)} | {fmt(diff, digits)} |")
     lines.append("")
     return lines
 
@@ -112,19 +113,20 @@ def ablation_table(abl: dict) -> list[str]:
     base = next((c for c in cells.values() if c["cell"]["arm"] == "vanilla"), None)
     lines = [f"### {abl.get('title', ABLATION_TITLE)}", "",
              "| arm | score, running avg | score, last | success, running avg | "
-             "mu network (lowest) | verdict vs vanilla (score) | (success) |",
-             "|---|---|---|---|---|---|---|"]
+             "mu network (lowest) | verdict vs vanilla (score) | (success) | "
+             "paired success - vanilla |", "|---|---|---|---|---|---|---|---|"]
     for cell in cells.values():
         arm = cell["cell"]["arm"]
         ra = values(cell, "running_average", "normalized_score")
         success = values(cell, "running_average", "success_rate")
-        v = w = ""
+        v = w = d = ""
         if base is not None and cell is not base:
             v = verdict(values(base, "running_average", "normalized_score"), ra, "vanilla", arm)
             w = verdict(values(base, "running_average", "success_rate"), success, "vanilla", arm)
+            d = fmt(paired(base, cell, "running_average", "success_rate"), 2)
         lines.append(f"| {arm} | {fmt(ra)} | {fmt(values(cell, 'last', 'normalized_score'))} | "
                      f"{fmt(success, 2)} | {fmt(diag_values(cell, 'mu_network_lowest'), 2)} | "
-                     f"{v} | {w} |")
+                     f"{v} | {w} | {d} |")
     lines.append("")
     solver = {}  # arm -> steps -> per-seed scores of the final checkpoints re-evaluated
     for cell in cells.values():
