@@ -170,6 +170,7 @@ def exact_max_sym_eigenvalue(fn: Callable, x: jax.Array) -> jax.Array:
 
 
 FROBENIUS_SCALES = {"dim": lambda d: d, "dim_squared": lambda d: d * d}
+FROBENIUS_ESTIMATORS = ("hutchinson", "exact")
 
 
 def sym_jacobian_frobenius(fn: Callable, x: jax.Array, key: jax.Array, *, shift: float = 0.1,
@@ -268,6 +269,9 @@ class ContractionConfig:
       frobenius_lambda: the Frobenius form's target ``sym J -> -frobenius_lambda I``.
       frobenius_scale: ``"dim"`` (mean squared eigenvalue, d-independent) or ``"dim_squared"``
         (the official code's mean over the d^2 entries).
+      frobenius_estimator: ``"hutchinson"`` (matrix-free, ``num_probes`` JVP + VJP pairs per
+        sample, unbiased) or ``"exact"`` (the whole Jacobian by forward mode, ``d`` JVPs per
+        sample; what the official code computes, by ``d`` backward passes).
       target: ``"network"`` or ``"drift"`` (see the module docstring).
       window: fraction of noise levels penalised, lowest first (``time_fraction(t) <= window``);
         0.1 is the official offline-RL default (t < 5 of 50), 1.0 penalises all.
@@ -282,6 +286,7 @@ class ContractionConfig:
     margin: float = 0.1
     frobenius_lambda: float = 0.1
     frobenius_scale: str = "dim"
+    frobenius_estimator: str = "hutchinson"
     target: str = "network"
     window: float = 0.1
     num_penalised: int | float | None = None
@@ -292,6 +297,7 @@ class ContractionConfig:
         _check_choice("penalty", self.penalty, PENALTIES)
         _check_choice("target", self.target, TARGETS)
         _check_choice("frobenius_scale", self.frobenius_scale, FROBENIUS_SCALES)
+        _check_choice("frobenius_estimator", self.frobenius_estimator, FROBENIUS_ESTIMATORS)
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"weight must be a finite number >= 0, got {self.weight!r}.")
         if not math.isfinite(self.margin):
@@ -328,6 +334,13 @@ def _eigen_penalty(fn, x, key, config):
 
 
 def _frobenius_penalty(fn, x, key, config):
+    if config.frobenius_estimator == "exact":
+        f, xf = _flat(fn, x)
+        jac = jax.jacfwd(f)(xf)
+        sym = 0.5 * (jac + jac.T)
+        m = sym + config.frobenius_lambda * jnp.eye(xf.shape[0], dtype=jac.dtype)
+        value = jnp.sum(jnp.square(m)) / FROBENIUS_SCALES[config.frobenius_scale](xf.shape[0])
+        return value, {"sym_jacobian_norm": jnp.sqrt(jnp.sum(jnp.square(sym)))}
     value = sym_jacobian_frobenius(fn, x, key, shift=config.frobenius_lambda,
                                    num_probes=config.num_probes, scale=config.frobenius_scale)
     return value, {}

@@ -123,6 +123,25 @@ def denoising_loss(
     key_t, key_eps = jax.random.split(key)
     t = sample_time(schedule, key_t, x0.shape[0])
     eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
+    return denoising_loss_from_draws(denoiser, schedule, x0, cond, t, eps, prediction=prediction,
+                                     weighting=weighting)
+
+
+def denoising_loss_from_draws(
+    denoiser: Callable,
+    schedule: Schedule,
+    x0: jax.Array,
+    cond,
+    t: jax.Array,
+    eps: jax.Array,
+    *,
+    prediction: str = "eps",
+    weighting: Callable | None = None,
+):
+    """:func:`denoising_loss` with its draws given: levels ``t`` ``(batch,)`` and noise ``eps``
+    (the shape of ``x0``). With x0-prediction and no weighting this is the official code's loss,
+    ``mean((net(x_t, t, cond) - x0)^2)`` over batch and event."""
+    check_prediction(prediction)
     alpha, sigma = expand_to(schedule.alpha(t), x0), expand_to(schedule.sigma(t), x0)
     x_t = alpha * x0 + sigma * eps
     pred = denoiser(x_t, t, cond)

@@ -159,7 +159,8 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
             raise ValueError(f"--resume with a different agent config than "
                              f"{configs[0].path}/config.json.")
     per_seed_data = config.fraction is not None or config.num_episodes is not None
-    datas = [minari.load(c.dataset, fraction=c.fraction, num_episodes=c.num_episodes, seed=c.seed)
+    datas = [minari.load(c.dataset, fraction=c.episode_fraction, num_episodes=c.num_episodes,
+                         seed=c.seed)
              for c in (configs if per_seed_data else configs[:1])]
     data = datas[0]
     envs = SeedBlockResets(make_eval_envs(data, dataclasses.replace(

@@ -4,9 +4,13 @@ Every module is pure: ``module.apply(params, ...)`` is the function that ``jax.j
 and the samplers need. Shapes use ``B`` for the batch.
 
 * :class:`SinusoidalEmbedding`: ``t (B,) -> (B, dim)`` (Transformer / DDPM positional embedding).
+* :class:`PositionalEmbedding`: CleanDiffuser's variant, with the official code's integer-t
+  behaviour as a named option (see :data:`TIME_EMBEDDINGS`).
 * :class:`DQLActor`: the Diffusion-QL denoiser (time MLP 64 -> 128 -> 64 with Mish, then
   ``[x, t_emb, obs] -> 3 x 256 Mish -> event``).
 * :class:`LNResNetActor`: IDQL's LayerNorm residual MLP denoiser.
+* :class:`PearceActor`: the official CDP imitation-learning backbone (CleanDiffuser's
+  ``PearceMlp`` with its ``PearceObsCondition`` observation encoder).
 * :class:`DoubleCritic`: twin Q, ``(obs, action) -> (2, B)``; each head LN-Tanh then LN-Mish blocks.
 * :class:`ValueNetwork`: ``obs -> (B,)``.
 
@@ -49,6 +53,11 @@ def get_activation(name: str):
     return ACTIVATIONS[name]
 
 
+def _float_dtype():
+    """float64 when x64 is enabled (parity tests), else float32."""
+    return jnp.result_type(float)
+
+
 class SinusoidalEmbedding(nn.Module):
     """``t (B,) -> (B, dim)``: ``[sin(t w_k), cos(t w_k)]``, ``w_k = 10000^(-k / (dim/2 - 1))``."""
 
@@ -58,9 +67,70 @@ class SinusoidalEmbedding(nn.Module):
     def __call__(self, t: jax.Array) -> jax.Array:
         half = self.dim // 2
         scale = math.log(10000.0) / max(half - 1, 1)
-        freqs = jnp.exp(-scale * jnp.arange(half, dtype=jnp.float32))
-        args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+        dtype = _float_dtype()
+        freqs = jnp.exp(-scale * jnp.arange(half, dtype=dtype))
+        args = t.astype(dtype)[:, None] * freqs[None, :]
         return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class PositionalEmbedding(nn.Module):
+    """CleanDiffuser's ``PositionalEmbedding``: ``[cos(t f_k), sin(t f_k)]``, ``f_k = 10000^(-k/(dim/2))``.
+
+    ``integer_t=True`` reproduces the official CDP code, which feeds integer (``long``) step
+    indices: torch then casts the frequencies to integers, so ``f = [1, 0, ..., 0]`` and only
+    ``cos t`` and ``sin t`` vary; levels ``t`` and ``t + 44`` (``44 ~ 7 * 2 pi``) look almost
+    alike to the network. A quirk of the official code, kept only for parity (docs/PARITY.md).
+    """
+
+    dim: int
+    integer_t: bool = False
+
+    @nn.compact
+    def __call__(self, t: jax.Array) -> jax.Array:
+        half = self.dim // 2
+        dtype = _float_dtype()
+        freqs = (1.0 / 10000.0) ** (jnp.arange(half, dtype=dtype) / half)
+        if self.integer_t:
+            freqs = jnp.trunc(freqs)
+        args = t.astype(dtype)[:, None] * freqs[None, :]
+        return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+# name -> embedding module builder (dim -> module).
+TIME_EMBEDDINGS = {
+    "sinusoidal": SinusoidalEmbedding,
+    "positional": lambda dim: PositionalEmbedding(dim),
+    "positional_integer_t": lambda dim: PositionalEmbedding(dim, integer_t=True),
+}
+
+
+def time_embedding(name: str, dim: int) -> nn.Module:
+    """The time embedding ``name`` (a key of :data:`TIME_EMBEDDINGS`) of width ``dim``."""
+    if name not in TIME_EMBEDDINGS:
+        raise ValueError(f"Unknown time_embedding {name!r}; expected one of "
+                         f"{sorted(TIME_EMBEDDINGS)}.")
+    return TIME_EMBEDDINGS[name](dim)
+
+
+# Parameter initialisations. "flax": lecun-normal kernels, zero biases. "torch": PyTorch's
+# nn.Linear default (kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)) for the kernel and
+# the bias), what the official code's networks start from.
+INITS = ("flax", "torch")
+
+
+def _torch_uniform(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def dense(features: int, fan_in: int, init: str = "flax", name: str | None = None,
+          use_bias: bool = True) -> nn.Dense:
+    """``nn.Dense`` with the ``init`` scheme of :data:`INITS` (``fan_in``: input width, for
+    ``"torch"``)."""
+    if init == "torch":
+        return nn.Dense(features, kernel_init=_torch_uniform(fan_in),
+                        bias_init=_torch_uniform(fan_in), use_bias=use_bias, name=name)
+    return nn.Dense(features, use_bias=use_bias, name=name)
 
 
 def _flatten_batch(x: jax.Array) -> jax.Array:
@@ -77,13 +147,17 @@ class ConcatDense(nn.Module):
     """
 
     features: int
+    param_init: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, cond: jax.Array) -> jax.Array:
         dx, dt = x.shape[-1], temb.shape[-1]
         width = dx + dt + cond.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (width, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))[None, :]
+        torch_init = self.param_init == "torch"
+        kernel = self.param("kernel", _torch_uniform(width) if torch_init
+                            else nn.initializers.lecun_normal(), (width, self.features))
+        bias = self.param("bias", _torch_uniform(width) if torch_init
+                          else nn.initializers.zeros_init(), (self.features,))[None, :]
         if temb.shape[0] == x.shape[0]:  # per-sample noise levels: one matmul, as nn.Dense
             return jnp.dot(jnp.concatenate([x, temb, cond], axis=-1), kernel) + bias
         kernel_xc = jnp.concatenate([kernel[:dx], kernel[dx + dt:]], axis=0)
@@ -102,19 +176,23 @@ class DQLActor(nn.Module):
     num_layers: int = 3
     time_dim: int = 64
     activation: str = "mish"
+    time_embedding: str = "sinusoidal"
+    param_init: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array) -> jax.Array:
         act = get_activation(self.activation)
-        temb = SinusoidalEmbedding(self.time_dim)(t)
-        temb = nn.Dense(self.time_dim * 2)(temb)
-        temb = nn.Dense(self.time_dim)(act(temb))
+        d, init = self.time_dim, self.param_init
+        temb = time_embedding(self.time_embedding, d)(t)
+        temb = dense(d * 2, d, init, name="Dense_0")(temb)
+        temb = dense(d, d * 2, init, name="Dense_1")(act(temb))
         # Named as the nn.Dense it replaces, so parameter trees (and checkpoints) are unchanged.
-        h = act(ConcatDense(self.hidden_dim, name="Dense_2")(
+        h = act(ConcatDense(self.hidden_dim, init, name="Dense_2")(
             _flatten_batch(x), temb, _flatten_batch(cond)))
         for i in range(self.num_layers - 1):
-            h = act(nn.Dense(self.hidden_dim, name=f"Dense_{3 + i}")(h))
-        out = nn.Dense(math.prod(x.shape[1:]), name=f"Dense_{2 + self.num_layers}")(h)
+            h = act(dense(self.hidden_dim, self.hidden_dim, init, name=f"Dense_{3 + i}")(h))
+        out = dense(math.prod(x.shape[1:]), self.hidden_dim, init,
+                    name=f"Dense_{2 + self.num_layers}")(h)
         return out.reshape(x.shape)
 
 
@@ -131,11 +209,12 @@ class LNResNetActor(nn.Module):
     time_dim: int = 64
     activation: str = "mish"
     expansion: int = 4
+    time_embedding: str = "sinusoidal"
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array) -> jax.Array:
         act = get_activation(self.activation)
-        temb = SinusoidalEmbedding(self.time_dim)(t)
+        temb = time_embedding(self.time_embedding, self.time_dim)(t)
         temb = nn.Dense(self.time_dim)(act(nn.Dense(self.time_dim * 2)(temb)))
         temb = jnp.broadcast_to(temb, (x.shape[0], temb.shape[-1]))  # t (1,): shared level
         h = jnp.concatenate([_flatten_batch(x), temb, _flatten_batch(cond)], axis=-1)
@@ -147,47 +226,113 @@ class LNResNetActor(nn.Module):
         return out.reshape(x.shape)
 
 
-ACTORS = {"mlp": DQLActor, "lnresnet": LNResNetActor}
+class PearceActor(nn.Module):
+    """The official CDP imitation-learning denoiser: CleanDiffuser's ``PearceMlp`` conditioned on
+    its ``PearceObsCondition`` encoder (Pearce et al. 2023), as one module.
+
+    ``obs (B, To, obs_dim)`` -> per-frame MLP ``obs_dim -> emb -> emb`` (LeakyReLU); the action
+    ``x (B, *event)`` (flattened) -> ``act -> emb -> emb`` (LeakyReLU); then
+    ``h1 = FC([x_e, t_e, obs_e])`` and two residual blocks
+    ``h_{k+1} = FC([h_k / 1.414, x, t]) + h_k / 1.414``, output ``Dense([h_3, x, t])``, where
+    ``FC = Dense -> GroupNorm(8 groups, eps 1e-5) -> exact GELU`` and ``t`` enters both embedded
+    and raw (as a float). Hidden 512, embedding 128 in the official scripts.
+    """
+
+    hidden_dim: int = 512
+    emb_dim: int = 128
+    time_embedding: str = "positional_integer_t"
+    param_init: str = "flax"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, cond: jax.Array) -> jax.Array:
+        e, h, init = self.emb_dim, self.hidden_dim, self.param_init
+        b = x.shape[0]
+        xf = _flatten_batch(x)
+        act_dim = xf.shape[-1]
+        if cond.ndim == 2:  # one observation frame
+            cond = cond[:, None, :]
+        obs_e = dense(e, cond.shape[-1], init, name="obs_in")(cond)
+        obs_e = dense(e, e, init, name="obs_out")(nn.leaky_relu(obs_e)).reshape(b, -1)
+        x_e = dense(e, act_dim, init, name="act_in")(xf)
+        x_e = dense(e, e, init, name="act_out")(nn.leaky_relu(x_e))
+        t_e = jnp.broadcast_to(time_embedding(self.time_embedding, e)(t), (b, e))
+        t_raw = jnp.broadcast_to(t.astype(xf.dtype)[:, None], (b, 1))
+
+        def block(inp, name):
+            y = dense(h, inp.shape[-1], init, name=name)(inp)
+            y = nn.GroupNorm(num_groups=8, epsilon=1e-5, name=f"{name}_norm")(y)
+            return nn.gelu(y, approximate=False)
+
+        h1 = block(jnp.concatenate([x_e, t_e, obs_e], axis=-1), "fc1")
+        h2 = block(jnp.concatenate([h1 / 1.414, xf, t_raw], axis=-1), "fc2") + h1 / 1.414
+        h3 = block(jnp.concatenate([h2 / 1.414, xf, t_raw], axis=-1), "fc3") + h2 / 1.414
+        out = dense(act_dim, h + act_dim + 1, init, name="fc_out")(
+            jnp.concatenate([h3, xf, t_raw], axis=-1))
+        return out.reshape(x.shape)
+
+
+ACTORS = {"mlp": DQLActor, "lnresnet": LNResNetActor, "pearce": PearceActor}
 
 
 def make_actor(name: str, hidden_dim: int, depth: int, time_dim: int,
-               activation: str = "mish", expansion: int = 4) -> nn.Module:
+               activation: str = "mish", expansion: int = 4, *,
+               time_embedding: str = "sinusoidal", init: str = "flax") -> nn.Module:
     """Actor by registry name: ``"mlp"`` (:class:`DQLActor`), ``"lnresnet"`` (LN-ResNet, whose
-    blocks widen by ``expansion``; ignored by the MLP)."""
+    blocks widen by ``expansion``; ignored by the MLP) or ``"pearce"`` (:class:`PearceActor`, the
+    official IL backbone; ``time_dim`` is its embedding width, ``depth`` and ``activation`` are
+    fixed by the architecture). ``init`` (``"flax"`` or ``"torch"``) applies to the MLP and Pearce
+    actors."""
     if name not in ACTORS:
         raise ValueError(f"Unknown actor network {name!r}; expected one of {sorted(ACTORS)}.")
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r}; expected one of {INITS}.")
     get_activation(activation)
+    if time_embedding not in TIME_EMBEDDINGS:
+        raise ValueError(f"Unknown time_embedding {time_embedding!r}; expected one of "
+                         f"{sorted(TIME_EMBEDDINGS)}.")
     if name == "mlp":
         return DQLActor(hidden_dim=hidden_dim, num_layers=depth, time_dim=time_dim,
-                        activation=activation)
+                        activation=activation, time_embedding=time_embedding, param_init=init)
+    if name == "pearce":
+        return PearceActor(hidden_dim=hidden_dim, emb_dim=time_dim, time_embedding=time_embedding,
+                           param_init=init)
     return LNResNetActor(hidden_dim=hidden_dim, num_blocks=depth, time_dim=time_dim,
-                         activation=activation, expansion=expansion)
+                         activation=activation, expansion=expansion,
+                         time_embedding=time_embedding)
 
 
 class QHead(nn.Module):
-    """One Q network: ``[obs, act] -> Dense-LN-Tanh -> (Dense-LN-Mish) x (n-1) -> 1``."""
+    """One Q network: ``[obs, act] -> Dense-LN-Tanh -> (Dense-LN-Mish) x (n-1) -> 1``.
+
+    ``layer_norm_eps``: flax's 1e-6 by default; PyTorch's (and the official code's) is 1e-5.
+    """
 
     hidden_dims: Sequence[int] = (256, 256, 256)
+    layer_norm_eps: float = 1e-6
+    param_init: str = "flax"
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         h = jnp.concatenate([_flatten_batch(obs), _flatten_batch(action)], axis=-1)
         for i, width in enumerate(self.hidden_dims):
-            h = nn.LayerNorm()(nn.Dense(width)(h))
+            h = dense(width, h.shape[-1], self.param_init, name=f"Dense_{i}")(h)
+            h = nn.LayerNorm(epsilon=self.layer_norm_eps, name=f"LayerNorm_{i}")(h)
             h = jnp.tanh(h) if i == 0 else mish(h)
-        return nn.Dense(1)(h)[:, 0]
+        return dense(1, h.shape[-1], self.param_init, name=f"Dense_{len(self.hidden_dims)}")(h)[:, 0]
 
 
 class DoubleCritic(nn.Module):
     """Twin Q: ``(obs (B, ...), action (B, ...)) -> (2, B)``; two heads, separate weights."""
 
     hidden_dims: Sequence[int] = (256, 256, 256)
+    layer_norm_eps: float = 1e-6
+    param_init: str = "flax"
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         ensemble = nn.vmap(QHead, variable_axes={"params": 0}, split_rngs={"params": True},
                            in_axes=None, out_axes=0, axis_size=2)
-        return ensemble(tuple(self.hidden_dims))(obs, action)
+        return ensemble(tuple(self.hidden_dims), self.layer_norm_eps, self.param_init)(obs, action)
 
 
 def apply_critic_head(critic: DoubleCritic, params: dict, index: jax.Array, obs: jax.Array,
@@ -198,7 +343,8 @@ def apply_critic_head(critic: DoubleCritic, params: dict, index: jax.Array, obs:
     """
     heads = params["params"]["VmapQHead_0"]
     one = jax.tree.map(lambda p: jax.lax.dynamic_index_in_dim(p, index, keepdims=False), heads)
-    return QHead(tuple(critic.hidden_dims)).apply({"params": one}, obs, action)
+    head = QHead(tuple(critic.hidden_dims), critic.layer_norm_eps, critic.param_init)
+    return head.apply({"params": one}, obs, action)
 
 
 class ValueNetwork(nn.Module):

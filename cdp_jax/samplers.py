@@ -8,6 +8,11 @@ method (this is what DDIM, DDPM and first-order DPM-Solver++ give exactly when `
 and it keeps ``lambda = +inf`` out of the coefficients). Each method evaluates the denoiser once per
 step (Heun: twice per solver step, once at the end).
 
+``spacing="cleandiffuser"`` (discrete schedules) is the grid of CleanDiffuser and the official CDP
+code instead: it ends on level 0, not on the clean point, so all ``steps`` moves are solver steps
+and the last one *lands* on level 0 (``sigma_0 > 0``, no Tweedie jump); callers then clip the
+result to the action bounds as the official code does.
+
 Step coefficients depend only on the static grid, so they are computed in float64 numpy at trace time
 and enter the scan as constants; the jitted loop does only the network calls and axpy updates.
 
@@ -77,22 +82,36 @@ def _grid(schedule: Schedule, steps: int, spacing: str):
     return times, alpha, sigma, log_snr
 
 
+def _lands(times: np.ndarray) -> bool:
+    """Whether a grid ends on a noise level (CleanDiffuser's ending) rather than the clean point."""
+    clean = -1 if np.issubdtype(times.dtype, np.integer) else 0.0
+    return bool(times[-1] != clean)
+
+
 def _drive(step_fn, carry, inputs, model, x_dtype, times, alpha, sigma, *,
            return_trajectory: bool, unroll, extra=None):
-    """Scan ``step_fn`` over the ``steps - 1`` solver steps, then jump to ``x0_hat`` at the last level.
+    """Scan ``step_fn`` over the solver steps, then (Tweedie ending) jump to ``x0_hat``.
 
-    ``inputs`` is a dict of per-step float64 numpy coefficient arrays of length ``steps - 1``; the
-    current/next grid times and (alpha, sigma) are added here; ``extra`` holds per-step arrays that
-    enter as they are (PRNG keys). ``carry`` is a dict holding at least the state ``"x"``.
+    Grids ending at the clean point: ``steps - 1`` solver steps, then ``x0_hat`` at the last level.
+    Grids ending on a noise level (``spacing="cleandiffuser"``): all ``steps`` moves are solver
+    steps and the last one lands on that level; no network call there.
+
+    ``inputs`` is a dict of per-transition float64 numpy coefficient arrays of length ``steps``;
+    the current/next grid times and (alpha, sigma) are added here; ``extra`` holds per-step
+    arrays that enter as they are (PRNG keys, already of the scan's length). ``carry`` is a dict
+    holding at least the state ``"x"``.
     """
     n = len(times) - 1  # = steps
+    lands = _lands(times)
+    m = n if lands else n - 1  # scanned solver steps
     x_start = carry["x"]
     t_dtype = jnp.int32 if np.issubdtype(times.dtype, np.integer) else x_dtype
-    per_step = {k: jnp.asarray(v[: n - 1], x_dtype) for k, v in inputs.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_step = {k: jnp.asarray(v[:m], x_dtype) for k, v in inputs.items()}
     per_step.update(
-        t=jnp.asarray(times[: n - 1], t_dtype), s=jnp.asarray(times[1:n], t_dtype),
-        a_t=jnp.asarray(alpha[: n - 1], x_dtype), s_t=jnp.asarray(sigma[: n - 1], x_dtype),
-        a_s=jnp.asarray(alpha[1:n], x_dtype), s_s=jnp.asarray(sigma[1:n], x_dtype),
+        t=jnp.asarray(times[:m], t_dtype), s=jnp.asarray(times[1:m + 1], t_dtype),
+        a_t=jnp.asarray(alpha[:m], x_dtype), s_t=jnp.asarray(sigma[:m], x_dtype),
+        a_s=jnp.asarray(alpha[1:m + 1], x_dtype), s_s=jnp.asarray(sigma[1:m + 1], x_dtype),
         **(extra or {}),
     )
 
@@ -100,16 +119,21 @@ def _drive(step_fn, carry, inputs, model, x_dtype, times, alpha, sigma, *,
         c = step_fn(c, inp)
         return c, (c["x"] if return_trajectory else None)
 
-    if n > 1:
+    if m > 0:
         carry, traj = jax.lax.scan(body, carry, per_step, unroll=unroll)
     else:
         traj = None
-    a_last = jnp.asarray(alpha[n - 1], x_dtype)
-    s_last = jnp.asarray(sigma[n - 1], x_dtype)
-    x0, _ = model(carry["x"], jnp.asarray(times[n - 1], t_dtype), a_last, s_last)
+    if lands:
+        x_end = carry["x"]
+    else:
+        a_last = jnp.asarray(alpha[n - 1], x_dtype)
+        s_last = jnp.asarray(sigma[n - 1], x_dtype)
+        x_end, _ = model(carry["x"], jnp.asarray(times[n - 1], t_dtype), a_last, s_last)
     if not return_trajectory:
-        return x0
-    parts = [x_start[None]] + ([traj] if traj is not None else []) + [x0[None]]
+        return x_end
+    if lands:
+        return jnp.concatenate([x_start[None], traj], axis=0)
+    parts = [x_start[None]] + ([traj] if traj is not None else []) + [x_end[None]]
     return jnp.concatenate(parts, axis=0)
 
 
@@ -146,10 +170,14 @@ def dpm_solver_pp_2m(model, x, grid, key=None, **drive):
     del key
     _, alpha, sigma, lam = grid
     h = lam[1:] - lam[:-1]
-    r = np.concatenate([[np.inf], h[:-1] / h[1:]])  # first step: no history -> first order
-    c_x0 = -alpha[1:] * np.expm1(-h)
-    # x_s = c_x x + c_x0 D with D's weights folded into the coefficients (fewer ops per step).
-    coef = {"c_x": sigma[1:] / sigma[:-1], "c_cur": c_x0 * (1.0 + 0.5 / r), "c_prev": c_x0 * (-0.5 / r)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # First step: no history (r = inf, first order). A zero-length step (the repeated level 0
+        # of CleanDiffuser's grid with steps = T) has r = inf and c_x0 = 0: x passes unchanged.
+        r = np.concatenate([[np.inf], h[:-1] / h[1:]])
+        c_x0 = -alpha[1:] * np.expm1(-h)
+        # x_s = c_x x + c_x0 D with D's weights folded into the coefficients (fewer ops per step).
+        coef = {"c_x": sigma[1:] / sigma[:-1], "c_cur": c_x0 * (1.0 + 0.5 / r),
+                "c_prev": c_x0 * (-0.5 / r)}
 
     def step(c, p):
         x0, _ = model(c["x"], p["t"], p["a_t"], p["s_t"])
@@ -214,7 +242,8 @@ def _stochastic(model, x, grid, key, coef, drive, update):
     if key is None:
         raise ValueError("This sampler is stochastic: pass a PRNG key.")
     n_steps = len(grid[0]) - 1
-    keys = jax.random.split(key, max(n_steps - 1, 1))[: n_steps - 1]  # one per solver step
+    m = n_steps if _lands(grid[0]) else n_steps - 1
+    keys = jax.random.split(key, max(m, 1))[:m]  # one per solver step
 
     def step(c, p):
         x0, eps = model(c["x"], p["t"], p["a_t"], p["s_t"])
@@ -262,7 +291,7 @@ def sample(
     temperature: float = 1.0,
     return_trajectory: bool = False,
     x_init: jax.Array | None = None,
-    dtype=jnp.float32,
+    dtype=None,
     unroll: int | bool = 1,
 ):
     """Draw samples by integrating from ``x_T = temperature * N(0, I)`` to data.
@@ -271,17 +300,20 @@ def sample(
       denoiser: ``denoiser(x, t, cond) -> prediction`` (see module docstring).
       schedule: a :class:`~cdp_jax.schedules.Schedule`.
       key: PRNG key; split here into the initial noise and, for SDE methods, per-step noise.
+        ``None`` is accepted for ODE methods started from ``x_init``.
       shape: ``(batch, *event)``, e.g. ``(B, action_dim)`` or ``(B, horizon, action_dim)``.
       cond: conditioning pytree whose leaves have leading dimension ``batch``, or ``None``.
       method: a key of :data:`SAMPLERS`.
       steps: number of denoiser evaluation levels (>= 1; <= T on a discrete schedule).
       prediction: what ``denoiser`` returns: ``"eps"``, ``"x0"`` or ``"v"``.
-      spacing: grid spacing, ``"uniform"``, ``"quadratic"`` or ``"logsnr"``.
+      spacing: grid spacing, ``"uniform"``, ``"quadratic"``, ``"logsnr"`` or ``"cleandiffuser"``
+        (CleanDiffuser's integer levels, ending by a solver step that lands on level 0).
       clip_x0: ``(low, high)`` bounds applied to every ``x0_hat`` (e.g. ``(-1., 1.)`` for actions).
       temperature: scale of the initial noise (the official CDP evaluation uses 0.5).
       return_trajectory: if true return all ``steps + 1`` states, ``(steps + 1, batch, *event)``,
         from ``x_T`` to the final sample.
       x_init: explicit initial state of shape ``shape`` (then ``temperature`` is not applied).
+      dtype: of the state; default ``x_init``'s dtype, else float32.
       unroll: passed to ``lax.scan`` (unrolling helps small batches on CPU).
 
     Returns:
@@ -303,7 +335,15 @@ def sample(
         raise ValueError(f"clip_x0 must be None or a (low, high) pair, got {clip_x0!r}.")
     grid = _grid(schedule, steps, spacing)  # validates steps / spacing
     info = SAMPLERS[method]
-    key_init, key_steps = jax.random.split(key)
+    if key is None:  # allowed for a deterministic method from a given x_init
+        if x_init is None or info.stochastic:
+            raise ValueError(f"key=None needs x_init and a deterministic method; {method!r} "
+                             f"{'is stochastic' if info.stochastic else 'got no x_init'}.")
+        key_init = key_steps = None
+    else:
+        key_init, key_steps = jax.random.split(key)
+    if dtype is None:
+        dtype = jnp.float32 if x_init is None else jnp.asarray(x_init).dtype
     if x_init is None:
         x = temperature * jax.random.normal(key_init, shape, dtype)
     else:

@@ -11,8 +11,16 @@ Two time conventions, chosen by ``num_steps``:
 
 * **continuous** (``num_steps=None``): ``t`` is a float in ``[t_min, t_max]``; ``t = 0`` is clean data.
 * **discrete** (``num_steps=T``, as in DDPM / Diffusion-QL / EDP / the official CDP code): ``t`` is an
-  integer step index in ``{0, ..., T-1}``; index ``i`` has ``alpha_bar_i = prod_{j<=i} (1 - beta_j)``.
-  The index ``-1`` denotes clean data (``alpha = 1, sigma = 0``). Denoisers receive the integer index.
+  integer step index in ``{0, ..., T-1}``. The index ``-1`` denotes clean data (``alpha = 1,
+  sigma = 0``). Denoisers receive the integer index. Two discretisations (``discretization``):
+
+  - ``"ddpm"`` (default): index ``i`` has ``alpha_bar_i = prod_{j<=i} (1 - beta_j)`` with the
+    betas of the continuous schedule between ``i/T`` and ``(i+1)/T`` (iDDPM cosine with beta
+    clipping; Diffusion-QL's linear ``vp_beta_schedule``).
+  - ``"cleandiffuser"``: index ``i`` is the continuous schedule evaluated at
+    ``t_i = linspace(t_min, 1, T)[i]`` (the cosine clips ``t`` at ``t_max = 0.9946``), with no
+    beta products: CleanDiffuser's ``DiscreteDiffusionSDE``, which the official CDP code trains on.
+    Cosine, T = 50: ``sigma_0 = 0.00643`` where ``"ddpm"`` gives 0.0418 (docs/PARITY.md).
 
 Samplers never evaluate the denoiser at the clean point; they pass only ``t`` values in
 ``[t_min, t_max]`` (continuous) or ``{0, ..., T-1}`` (discrete), which ``alpha(t)``/``sigma(t)`` accept.
@@ -28,7 +36,10 @@ import numpy as np
 from flax import struct
 
 KINDS = ("linear", "cosine")
-SPACINGS = ("uniform", "quadratic", "logsnr")
+DISCRETIZATIONS = ("ddpm", "cleandiffuser")
+# "cleandiffuser": CleanDiffuser's sampling grid, integer levels floor(linspace(0, T-1, steps + 1))
+# that end on level 0 instead of the clean point (discrete schedules only).
+SPACINGS = ("uniform", "quadratic", "logsnr", "cleandiffuser")
 
 # sigma = 0 gives lambda = +inf; log-SNR is reported clipped to this value at the clean point.
 _CLEAN_LOG_SNR = 1e4
@@ -58,6 +69,7 @@ class Schedule:
       cosine_s: the cosine schedule's offset ``s``.
       t_min, t_max: continuous sampling interval (ignored by the discrete form).
       max_beta: per-step beta clip of the discrete cosine schedule (as in iDDPM).
+      discretization: ``"ddpm"`` or ``"cleandiffuser"`` (discrete form only; module docstring).
     """
 
     kind: str = struct.field(pytree_node=False, default="cosine")
@@ -68,6 +80,7 @@ class Schedule:
     t_min: float = struct.field(pytree_node=False, default=1e-3)
     t_max: float = struct.field(pytree_node=False, default=1.0)
     max_beta: float = struct.field(pytree_node=False, default=0.999)
+    discretization: str = struct.field(pytree_node=False, default="ddpm")
 
     # ------------------------------------------------------------------ basic quantities
     @property
@@ -78,7 +91,7 @@ class Schedule:
         """``log alpha_t``; ``t`` as described in the module docstring (any shape)."""
         xp = _xp(t)
         if self.is_discrete:
-            table = _discrete_log_alpha_table(self)  # index 0 is the clean point
+            table = _discrete_log_alpha_table(self)  # entry 0 is the clean point (index -1)
             idx = xp.asarray(t).astype(np.int32) + 1
             return _as_table(xp, table)[idx]
         return self._continuous_log_alpha(t, xp)
@@ -102,22 +115,33 @@ class Schedule:
     def beta(self, t):
         """VP SDE rate ``beta(t) = -2 d log(alpha_t) / dt``: ``f(t) = -beta/2``, ``g(t)**2 = beta``.
 
-        For the discrete form time is read as ``tau = (i + 1) / T``, so ``beta_i`` is the per-step
-        DDPM beta times ``T`` (up to ``-log(1 - beta_i)`` vs ``beta_i``): the same rate the discrete
-        chain approximates in the continuous limit.
+        For the ``"ddpm"`` discrete form time is read as ``tau = (i + 1) / T``, so ``beta_i`` is the
+        per-step DDPM beta times ``T`` (up to ``-log(1 - beta_i)`` vs ``beta_i``): the same rate the
+        discrete chain approximates in the continuous limit. For ``"cleandiffuser"`` it is the
+        continuous rate at the level's time ``t_i`` (0 where the cosine is clipped).
         """
         xp = _xp(t)
+        if self.is_discrete and self.discretization == "cleandiffuser":
+            rate = self._continuous_beta(_cleandiffuser_times(self), np)
+            idx = xp.asarray(t).astype(np.int32)
+            return _as_table(xp, rate)[idx]
         if self.is_discrete:
             table = _discrete_log_alpha_table(self)
             step_beta = -np.expm1(2.0 * (table[1:] - table[:-1]))  # 1 - alpha_bar_i/alpha_bar_{i-1}
             rate = -np.log1p(-step_beta) * self.num_steps
             idx = xp.asarray(t).astype(np.int32)
             return _as_table(xp, rate)[idx]
+        return self._continuous_beta(t, xp)
+
+    def _continuous_beta(self, t, xp):
         if self.kind == "linear":
             return self.beta_min + t * (self.beta_max - self.beta_min)
         s = self.cosine_s
         angle = (t + s) / (1.0 + s) * (math.pi / 2)
-        return math.pi / (1.0 + s) * xp.tan(angle)
+        rate = math.pi / (1.0 + s) * xp.tan(angle)
+        if self.discretization == "cleandiffuser":  # alpha is constant beyond the clip
+            rate = xp.where(t > self.t_max, 0.0, rate)
+        return rate
 
     def time_fraction(self, t):
         """Noise level as a fraction in (0, 1]: ``(i + 1) / T`` (discrete) or ``t / t_max``."""
@@ -138,10 +162,17 @@ class Schedule:
         to ``t_min`` / index 0); the last is :attr:`clean_time`. A solver's final step therefore
         lands on the Tweedie estimate ``x0_hat`` at the lowest noise level.
 
+        ``spacing="cleandiffuser"`` (discrete schedules only) is CleanDiffuser's grid instead: the
+        integer levels ``floor(linspace(0, T-1, steps + 1))``, noisiest first, ending on level 0 and
+        not on the clean point. The denoiser is evaluated at the ``steps`` upper levels and the
+        last solver step *lands* on level 0 (no Tweedie jump; the samplers detect this ending).
+        With ``steps = T`` the two lowest levels coincide (a zero-length last step, as in
+        CleanDiffuser).
+
         Args:
           steps: number of solver steps (>= 1; <= T for the discrete form).
-          spacing: ``"uniform"`` in t, ``"quadratic"`` in t (denser at low noise), or ``"logsnr"``
-            (uniform in lambda, DPM-Solver's default).
+          spacing: ``"uniform"`` in t, ``"quadratic"`` in t (denser at low noise), ``"logsnr"``
+            (uniform in lambda, DPM-Solver's default) or ``"cleandiffuser"`` (above).
 
         Returns:
           float64 (continuous) or int32 (discrete) numpy array of shape ``(steps + 1,)``.
@@ -155,6 +186,10 @@ class Schedule:
                 f"steps={steps} exceeds the discrete schedule's num_steps={self.num_steps}; a "
                 "discrete schedule can take at most one solver step per diffusion step."
             )
+        if spacing == "cleandiffuser":
+            if not self.is_discrete:
+                raise ValueError("spacing='cleandiffuser' needs a discrete schedule (num_steps=T).")
+            return cleandiffuser_levels(self.num_steps, steps)[::-1].copy()
         if self.is_discrete:
             lo, hi = 0.0, float(self.num_steps - 1)
         else:
@@ -208,35 +243,41 @@ class Schedule:
 
 
 def linear(num_steps: int | None = None, *, beta_min: float = 0.1, beta_max: float = 20.0,
-           t_min: float = 1e-3, t_max: float = 1.0) -> Schedule:
+           t_min: float = 1e-3, t_max: float = 1.0, discretization: str = "ddpm") -> Schedule:
     """VP schedule with linear ``beta(t) = beta_min + t (beta_max - beta_min)`` on t in [0, 1].
 
     Continuous: ``log alpha_t = -(beta_max - beta_min) t^2 / 4 - beta_min t / 2`` (Song et al. 2021).
     Discrete (``num_steps=T``): ``alpha_bar_i = alpha^2((i + 1) / T)``, which is exactly
     Diffusion-QL's ``vp_beta_schedule`` (``beta_i = 1 - exp(-b_min/T - (b_max-b_min)(2i+1)/(2T^2))``).
+    ``discretization="cleandiffuser"``: ``alpha_i = alpha(linspace(t_min, 1, T)[i])``.
     """
     _check_common(num_steps, t_min, t_max)
+    _check_discretization(discretization)
     if not 0.0 <= beta_min < beta_max:
         raise ValueError(f"Need 0 <= beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}.")
     return Schedule(kind="linear", num_steps=num_steps, beta_min=float(beta_min),
-                    beta_max=float(beta_max), t_min=float(t_min), t_max=float(t_max))
+                    beta_max=float(beta_max), t_min=float(t_min), t_max=float(t_max),
+                    discretization=discretization)
 
 
 def cosine(num_steps: int | None = None, *, s: float = 0.008, t_min: float = 1e-3,
-           t_max: float = 0.9946, max_beta: float = 0.999) -> Schedule:
+           t_max: float = 0.9946, max_beta: float = 0.999, discretization: str = "ddpm") -> Schedule:
     """Cosine schedule ``alpha_bar(t) = cos^2((t + s)/(1 + s) pi/2) / cos^2(s/(1 + s) pi/2)``.
 
-    Discrete (``num_steps=T``, the official CDP code's default with T = 50): betas
-    ``1 - alpha_bar((i+1)/T) / alpha_bar(i/T)`` clipped at ``max_beta`` (iDDPM). Continuous: ``t_max``
-    defaults to 0.9946 (DPM-Solver's choice), since ``alpha(1) = 0`` makes the endpoint singular.
+    Discrete (``num_steps=T``), ``discretization="ddpm"``: betas
+    ``1 - alpha_bar((i+1)/T) / alpha_bar(i/T)`` clipped at ``max_beta`` (iDDPM);
+    ``"cleandiffuser"`` (the official CDP code, T = 50): ``alpha_i = alpha(min(t_i, t_max))`` at
+    ``t_i = linspace(t_min, 1, T)[i]``. Continuous: ``t_max`` defaults to 0.9946 (DPM-Solver's
+    choice), since ``alpha(1) = 0`` makes the endpoint singular.
     """
     _check_common(num_steps, t_min, t_max)
+    _check_discretization(discretization)
     if s <= 0:
         raise ValueError(f"cosine schedule offset s must be > 0, got {s}.")
     if num_steps is None and t_max >= 1.0:
         raise ValueError(f"continuous cosine needs t_max < 1 (alpha(1) = 0), got t_max={t_max}.")
     return Schedule(kind="cosine", num_steps=num_steps, cosine_s=float(s), t_min=float(t_min),
-                    t_max=float(t_max), max_beta=float(max_beta))
+                    t_max=float(t_max), max_beta=float(max_beta), discretization=discretization)
 
 
 def _check_common(num_steps, t_min, t_max):
@@ -246,10 +287,44 @@ def _check_common(num_steps, t_min, t_max):
         raise ValueError(f"Need 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}.")
 
 
+def _check_discretization(discretization: str) -> None:
+    if discretization not in DISCRETIZATIONS:
+        raise ValueError(f"Unknown discretization {discretization!r}; expected one of "
+                         f"{DISCRETIZATIONS}.")
+
+
+def cleandiffuser_levels(num_steps: int, steps: int) -> np.ndarray:
+    """CleanDiffuser's sampling levels ``linspace(0, T-1, steps + 1)`` truncated, increasing, int32.
+
+    Not the exact ``floor(k (T-1) / steps)``: torch computes the ramp in float64 from both ends
+    (``start + step k`` below the midpoint, ``end - step (n-1-k)`` above) and truncates, which
+    rounds some exact integers down (e.g. T = 43, 38 steps: level 20 where 21 is exact). This
+    reproduces torch's ``linspace(..., dtype=long)`` for every T <= 300 and steps <= T but eight
+    midpoint entries at T = 257, and for T in {500, 999, 1000, 1001, 2000}; exactly at T = 50.
+    """
+    if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_steps:
+        raise ValueError(f"steps must be an integer in [1, T={num_steps}], got {steps!r}.")
+    n = steps + 1
+    step = (num_steps - 1) / steps
+    k = np.arange(n)
+    ramp = np.where(k < n // 2, step * k, (num_steps - 1) - step * (n - 1 - k))
+    return np.trunc(ramp).astype(np.int32)
+
+
+def _cleandiffuser_times(schedule: Schedule) -> np.ndarray:
+    """The continuous times ``linspace(t_min, 1, T)`` of the ``"cleandiffuser"`` levels."""
+    return np.linspace(schedule.t_min, 1.0, schedule.num_steps, dtype=np.float64)
+
+
 @functools.lru_cache(maxsize=64)
 def _discrete_log_alpha_table(schedule: Schedule) -> np.ndarray:
     """float64 ``log alpha`` for indices ``-1..T-1`` (entry 0 is the clean point, log alpha = 0)."""
     T = schedule.num_steps
+    if schedule.discretization == "cleandiffuser":
+        t = _cleandiffuser_times(schedule)
+        if schedule.kind == "cosine":
+            t = np.minimum(t, schedule.t_max)
+        return np.concatenate([[0.0], schedule._continuous_log_alpha(t, np)])
     taus = np.arange(T + 1, dtype=np.float64) / T  # tau_0 = 0 (clean), tau_{i+1} for index i
     if schedule.kind == "linear":
         b0, b1 = schedule.beta_min, schedule.beta_max

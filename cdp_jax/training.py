@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdp_jax import checkpoint, evaluation, parallel
+from cdp_jax import checkpoint, evaluation, paper, parallel
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import CONFIGS, DATA, get_agent
-from cdp_jax.agents.common import config_from_dict, config_to_dict
-from cdp_jax.data import buffer, minari
+from cdp_jax.agents.common import apply_overrides, config_from_dict, config_to_dict
+from cdp_jax.data import buffer, minari, protocol
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data.normalization import Normalizer
 
@@ -46,7 +46,8 @@ class TrainConfig:
     name: str = "quickstart"
     agent: str = "dql"
     dataset: str = "cdp/pointmaze/umaze-v0"
-    fraction: float | None = None  # keep this fraction of the episodes (low-data regime)
+    fraction: float | None = None  # keep this fraction of the data (low-data regime)
+    fraction_unit: str = "episodes"  # whole episodes, or "transitions" (rows; official RL)
     num_episodes: int | None = None
     seed: int = 0
     steps: int = 3000
@@ -60,8 +61,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     normalize_obs: bool = True
+    reward_normalization: str = "none"  # data.protocol.REWARD_NORMALIZATIONS, before scale/bias
     reward_scale: float = 1.0
     reward_bias: float = 0.0
+    max_episode_steps: int | None = None  # evaluation cap on top of the env's own time limit
     run_dir: str | None = None  # default runs/<name>
     resume: bool = False
     progress: bool = True
@@ -83,7 +86,20 @@ class TrainConfig:
                              f"{evaluation.VECTOR_MODES}.")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"Invalid fraction={self.fraction}; must be in (0, 1].")
+        if self.fraction_unit not in protocol.FRACTION_UNITS:
+            raise ValueError(f"Invalid fraction_unit={self.fraction_unit!r}; expected one of "
+                             f"{protocol.FRACTION_UNITS}.")
+        if self.reward_normalization not in protocol.REWARD_NORMALIZATIONS:
+            raise ValueError(f"Invalid reward_normalization={self.reward_normalization!r}; "
+                             f"expected one of {protocol.REWARD_NORMALIZATIONS}.")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise ValueError(f"Invalid max_episode_steps={self.max_episode_steps}; must be >= 1.")
         return self
+
+    @property
+    def episode_fraction(self) -> float | None:
+        """The fraction the episode loader keeps (``None`` when the fraction is by transitions)."""
+        return self.fraction if self.fraction_unit == "episodes" else None
 
     @property
     def path(self) -> Path:
@@ -159,8 +175,11 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     ``norm`` (e.g. restored from a checkpoint) is used as given; otherwise it is fitted to the
     observations (or the identity with ``config.normalize_obs=False``).
 
-    ``"transitions"`` agents get ``observations, actions, rewards, next_observations, terminals``;
-    ``"windows"`` agents get ``observations (N, H, D)`` and ``actions (N, A, act_dim)``.
+    ``"transitions"`` agents get ``observations, actions, rewards, next_observations, terminals``
+    (rewards normalised by ``config.reward_normalization``, then ``* reward_scale + reward_bias``);
+    ``"windows"`` agents get ``observations (N, H, D)`` and ``actions (N, A, act_dim)``. With
+    ``fraction_unit="transitions"`` a random ``fraction`` of the rows is kept, after fitting the
+    normaliser on all of them (as the official code does).
     """
     max_abs = float(np.abs(data.actions).max())
     if max_abs > 1.0 + 1e-4:
@@ -172,15 +191,20 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     normalize = lambda x: np.asarray(norm.normalize(x), np.float32)
     if DATA[agent_name] == "windows":
         win = dataset_lib.windows(data, agent_config.obs_horizon, agent_config.action_horizon)
-        return {"observations": normalize(win["observations"]),
-                "actions": np.clip(win["actions"], -1.0, 1.0)}, norm
-    return {
-        "observations": normalize(data.observations),
-        "actions": np.clip(data.actions, -1.0, 1.0),
-        "rewards": data.rewards * config.reward_scale + config.reward_bias,
-        "next_observations": normalize(data.next_observations),
-        "terminals": data.terminals,
-    }, norm
+        arrays = {"observations": normalize(win["observations"]),
+                  "actions": np.clip(win["actions"], -1.0, 1.0)}
+    else:
+        rewards = protocol.normalize_rewards(data, config.reward_normalization)
+        arrays = {
+            "observations": normalize(data.observations),
+            "actions": np.clip(data.actions, -1.0, 1.0),
+            "rewards": rewards * config.reward_scale + config.reward_bias,
+            "next_observations": normalize(data.next_observations),
+            "terminals": data.terminals,
+        }
+    if config.fraction is not None and config.fraction_unit == "transitions":
+        arrays = protocol.keep_fraction_of_rows(arrays, config.fraction, config.seed)
+    return arrays, norm
 
 
 def make_eval_envs(data: dataset_lib.OfflineDataset, config: TrainConfig):
@@ -215,6 +239,7 @@ def eval_protocol(agent_name: str, agent_config, config: TrainConfig) -> dict:
         "candidate_temperature": getattr(agent_config, "candidate_temperature", None),
         "noise_temperature": agent_config.noise_temperature, "sampler": agent_config.sampler,
         "sampler_steps": agent_config.sampler_steps, "dataset": config.dataset,
+        "max_episode_steps": config.max_episode_steps,
     }
 
 
@@ -228,7 +253,8 @@ def run_evaluation(act_fn, agent_name, state, data, norm, envs, config: TrainCon
     result = evaluation.evaluate(
         make_policy(act_fn, state), envs, key, num_episodes=config.eval_episodes,
         obs_fn=obs_fn, obs_horizon=agent_config.obs_horizon if windows else None,
-        n_action=agent_config.n_action if windows else 1, seed=config.seed * 100_000)
+        n_action=agent_config.n_action if windows else 1, seed=config.seed * 100_000,
+        max_episode_steps=config.max_episode_steps)
     if data.ref_min_score is not None and data.ref_max_score is not None:
         scores = minari.normalized_score(data, result["returns"])
         result["normalized_scores"] = scores.tolist()
@@ -284,8 +310,8 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
         if saved_agent != agent_config:
             raise ValueError(f"--resume with a different agent config than {run_dir}/config.json.")
 
-    data = minari.load(config.dataset, fraction=config.fraction, num_episodes=config.num_episodes,
-                       seed=config.seed)
+    data = minari.load(config.dataset, fraction=config.episode_fraction,
+                       num_episodes=config.num_episodes, seed=config.seed)
     arrays, norm = prepare_arrays(data, config.agent, agent_config, config)
     envs = make_eval_envs(data, config)  # fails on a dimension mismatch before any compilation
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -398,8 +424,10 @@ def load_policy(run_dir, step: int | str | None = None):
 
 
 # Presets: TrainConfig and per-agent overrides. "quickstart" is the README's main command (a few
-# minutes on 2 CPU cores, contraction weight 0.1); "full" is the paper-scale protocol (250k steps,
-# evaluation every 20k steps on 50 episodes with 100 critic-resampled candidates at noise 0.5).
+# minutes on 2 CPU cores, contraction weight 0.1); "full" is a paper-scale protocol with cdp_jax's
+# defaults (250k steps, evaluation every 20k steps on 50 episodes with 100 critic-resampled
+# candidates at noise 0.5); "paper" and "paper-il" are the official pipeline (cdp_jax.paper), with
+# per-task values from the dataset id.
 PRESETS = {
     "quickstart": {
         "train": {"steps": 3000, "eval_every": 1000, "checkpoint_every": 1000},
@@ -416,24 +444,49 @@ PRESETS = {
         "dbc": {"contraction_weight": 0.1, "action_horizon": 1},
         "idql": {"num_candidates": 100, "noise_temperature": 0.5, "contraction_weight": 0.1},
     },
+    "paper": {"train": paper.PAPER_RL_TRAIN, "dql": paper.PAPER_RL},
+    "paper-il": {"train": paper.PAPER_IL_TRAIN, "dbc": paper.PAPER_IL},
 }
 
 
-def preset(preset_name: str, agent: str = "dql", **train_overrides) -> tuple[TrainConfig, object]:
+def preset(preset_name: str, agent: str | None = None, agent_overrides=(),
+           **train_overrides) -> tuple[TrainConfig, object]:
     """``(TrainConfig, agent config)`` of a named preset (see :data:`PRESETS`), validated.
 
+    ``agent`` defaults to the preset's first agent (``dql``; ``dbc`` for ``paper-il``).
+    ``agent_overrides`` are ``"field=value"`` assignments (as ``--set``) applied last;
     ``train_overrides`` replace TrainConfig fields (``name`` defaults to the preset's name).
+
+    ``"paper"`` adds the per-task values of ``train_overrides["dataset"]`` (or the default
+    dataset) from :func:`cdp_jax.paper.task_row`; a dataset with no row raises ``ValueError``
+    listing the known ones unless ``agent_overrides`` set ``eta`` and ``candidate_temperature``.
     """
     if preset_name not in PRESETS:
         raise ValueError(f"Unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}.")
+    spec = PRESETS[preset_name]
+    agents = [k for k in spec if k != "train"]
+    agent = agent or agents[0]
     if agent not in CONFIGS:
         raise ValueError(f"Invalid agent={agent!r}; expected one of {sorted(CONFIGS)}.")
-    spec = PRESETS[preset_name]
-    config = TrainConfig(**{"name": preset_name, "agent": agent, **spec["train"],
-                            **train_overrides})
+    if agent not in spec:
+        raise ValueError(f"Preset {preset_name!r} is for agent(s) {agents}, not {agent!r}.")
+    train_fields = {"name": preset_name, "agent": agent, **spec["train"]}
     overrides = dict(spec[agent])
+    if preset_name == "paper":
+        dataset = train_overrides.get("dataset", TrainConfig.dataset)
+        found = paper.task_row(dataset)
+        explicit = {a.split("=", 1)[0].strip() for a in agent_overrides}
+        if found is None and not {"eta", "candidate_temperature"} <= explicit:
+            raise ValueError(paper.unknown_dataset_message(dataset))
+        if found is not None:
+            task_agent, task_train = paper.rl_task_overrides(found[1])
+            overrides.update(task_agent)
+            train_fields.update(task_train)
+    config = TrainConfig(**{**train_fields, **train_overrides})
     agent_config = CONFIGS[agent]()
     weight = overrides.pop("contraction_weight", None)
     if weight is not None:
         overrides["contraction"] = dataclasses.replace(agent_config.contraction, weight=weight)
-    return config.validate(), dataclasses.replace(agent_config, **overrides).validate()
+    agent_config = dataclasses.replace(agent_config, **overrides)
+    agent_config = apply_overrides(agent_config, agent_overrides)
+    return config.validate(), agent_config.validate()

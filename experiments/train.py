@@ -8,11 +8,21 @@ the logs and checkpoints went (``runs/quickstart/``)::
     python experiments/train.py
     python experiments/train.py --agent dbc --steps 5000 --contraction-weight 1.0
     python experiments/train.py --preset full --dataset D4RL/pointmaze/umaze-v2 --name pm_full
+    python experiments/train.py --preset paper --dataset mujoco/hopper/medium-replay-v0
+    python experiments/train.py --preset paper --dataset my/dataset-v0 --set eta=1 \
+        --set candidate_temperature=100 --reward-normalization returns_range
+    python experiments/train.py --preset paper-il --dataset cdp/fetch/push-v0
     python experiments/train.py --set eta=2.0 --set contraction.penalty=frobenius
     python experiments/train.py --name quickstart --resume        # continue after an interruption
     python experiments/train.py --seeds 0-9 --fraction 0.1   # 10 seeds in one jitted program
     python experiments/train.py --seeds 0-7 --parallel seeds # seeds split across the devices
     python experiments/train.py --parallel data --device gpu # each batch split across GPUs
+
+``--preset paper`` (offline RL) and ``--preset paper-il`` (imitation) are the official CDP pipeline
+number for number (docs/PARITY.md); ``paper`` takes eta, the evaluation softmax temperature, the
+episode cap, the reward normalisation and the TD samples from the dataset's row of the official
+table (cdp_jax.paper.TASKS); a dataset with no row needs ``--set eta=...`` and
+``--set candidate_temperature=...``.
 
 ``--seeds`` trains the seeds as one vmapped program (each its own episodes when a fraction is
 asked for) and writes ``runs/<name>/seed_<k>/`` exactly as a single-seed run would, plus
@@ -47,7 +57,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quickstart", choices=sorted(training.PRESETS),
-                        help="named configuration the other flags override (default: quickstart)")
+                        help="named configuration the other flags override (default: "
+                             "quickstart; paper / paper-il: the official CDP pipeline)")
     defaults = training.TrainConfig()
     for field, kind in common.field_types(training.TrainConfig).items():
         flag = "--" + field.replace("_", "-")
@@ -90,16 +101,18 @@ def make_configs(args):
         if value is not None:
             overrides[field] = (value if isinstance(value, bool) else
                                 common.parse_field_value(training.TrainConfig, field, value))
-    agent = overrides.pop("agent", "dql")
-    overrides.setdefault("name", args.preset if agent == "dql" else f"{args.preset}_{agent}")
-    config, agent_config = training.preset(args.preset, agent, **overrides)
+    agent = overrides.pop("agent", None)
+    default_agent = next(k for k in training.PRESETS[args.preset] if k != "train")
+    if agent not in (None, default_agent):
+        overrides.setdefault("name", f"{args.preset}_{agent}")
+    agent_overrides = []
     if args.contraction_weight is not None:
-        agent_config = common.apply_overrides(
-            agent_config, [f"contraction.weight={args.contraction_weight}"])
+        agent_overrides.append(f"contraction.weight={args.contraction_weight}")
     if args.candidates is not None:
-        agent_config = common.apply_overrides(agent_config, [f"num_candidates={args.candidates}"])
-    agent_config = common.apply_overrides(agent_config, args.set)
-    return config.validate(), agent_config.validate()
+        agent_overrides.append(f"num_candidates={args.candidates}")
+    config, agent_config = training.preset(args.preset, agent, [*agent_overrides, *args.set],
+                                           **overrides)
+    return config, agent_config
 
 
 def ensure_dataset(dataset_id: str, build_steps: int) -> None:

@@ -51,10 +51,12 @@ TINY_IDQL = dict(actor_hidden_dim=32, critic_hidden_dim=32, time_dim=16, diffusi
 def _actor_grads(agent, state, batch, key):
     """Actor loss, metrics and gradients, jitted afresh (no trace reused across patches)."""
     if agent is dbc:
-        fn = lambda p: dbc.loss_fn(p, state, batch, key)
+        draws = dbc.sample_draws(key, state.config, batch["actions"].shape[0], state.action_dim)
+        fn = lambda p: dbc.loss_fn(p, state, batch, draws)
         params = state.params
     elif agent is dql:
-        fn = lambda p: dql.actor_loss(p, state, state.critic_params, batch, key)
+        draws = dql.sample_draws(key, state.config, batch["actions"].shape[0], state.action_dim)
+        fn = lambda p: dql.actor_loss(p, state, state.critic_params, batch, draws)
         params = state.actor_params
     else:
         fn = lambda p: idql.actor_loss(p, state, batch, key)

@@ -26,10 +26,12 @@ def check_positive(field: str, value, *, allow_zero: bool = False) -> None:
         raise ValueError(f"Invalid {field}={value!r}; must be {bound}.")
 
 
-def make_schedule(kind: str, num_steps: int) -> schedules.Schedule:
-    """A discrete VP schedule by name (``"cosine"`` or ``"linear"``) with ``num_steps`` steps."""
+def make_schedule(kind: str, num_steps: int, discretization: str = "ddpm") -> schedules.Schedule:
+    """A discrete VP schedule by name (``"cosine"`` or ``"linear"``) with ``num_steps`` steps and
+    the given discretisation (``"ddpm"`` or ``"cleandiffuser"``, see :mod:`cdp_jax.schedules`)."""
     check_choice("schedule", kind, tuple(SCHEDULES))
-    return SCHEDULES[kind](num_steps)
+    check_choice("schedule_discretization", discretization, schedules.DISCRETIZATIONS)
+    return SCHEDULES[kind](num_steps, discretization=discretization)
 
 
 def make_optimizer(lr: float, decay_steps: int | None, weight_decay: float,
@@ -47,25 +49,38 @@ def ema_update(ema, new, decay: float):
     return jax.tree.map(lambda e, n: decay * e + (1.0 - decay) * n, ema, new)
 
 
-def bc_loss_with_contraction(config, actor, params, batch: dict, key: jax.Array):
+def bc_loss_from_draws(config, schedule, actor, params, batch: dict, draws: dict):
     """Diffusion behaviour cloning: ``L_bc + L_contraction`` on the same noisy actions.
 
-    ``config`` has ``schedule``, ``diffusion_steps``, ``prediction`` and ``contraction`` (DBC's and
-    IDQL's actor); ``actor`` is the denoiser module, applied as ``actor.apply(params, x, t, obs)``.
-    Returns ``(loss, metrics)``; the penalty is exactly 0, and not computed, with weight 0.
+    ``config`` has ``prediction`` and ``contraction`` (DBC's and IDQL's actor); ``actor`` is the
+    denoiser module, applied as ``actor.apply(params, x, t, obs)``; ``draws`` holds the denoising
+    draw ``t`` ``(B,)``, ``eps`` (the shape of the actions) and ``contraction_key``. Returns
+    ``(loss, metrics)``; the penalty is exactly 0, and not computed, with weight 0.
     """
-    schedule = make_schedule(config.schedule, config.diffusion_steps)
     denoiser = lambda x, t, c: actor.apply(params, x, t, c)
-    key_bc, key_reg = jax.random.split(key)
-    obs = batch["observations"]
-    bc_loss, aux = diffusion.denoising_loss(denoiser, schedule, batch["actions"], obs, key_bc,
-                                            prediction=config.prediction)
-    reg, reg_metrics = contraction.contraction_regulariser(
-        config.contraction, denoiser, schedule, aux["x_t"], aux["t"], obs, key_reg,
+    obs, actions = batch["observations"], batch["actions"]
+    bc_loss, aux = diffusion.denoising_loss_from_draws(
+        denoiser, schedule, actions, obs, draws["t"], draws["eps"].astype(actions.dtype),
         prediction=config.prediction)
+    reg, reg_metrics = contraction.contraction_regulariser(
+        config.contraction, denoiser, schedule, aux["x_t"], aux["t"], obs,
+        draws["contraction_key"], prediction=config.prediction)
     loss = bc_loss + reg
     return loss, {"actor/loss": loss, "actor/bc_loss": bc_loss, "actor/contraction_loss": reg,
                   **reg_metrics}
+
+
+def bc_loss_with_contraction(config, actor, params, batch: dict, key: jax.Array):
+    """:func:`bc_loss_from_draws` with the draws made from ``key`` (``config`` also has
+    ``schedule`` and ``diffusion_steps``: the default discretisation)."""
+    schedule = make_schedule(config.schedule, config.diffusion_steps)
+    key_bc, key_reg = jax.random.split(key)
+    key_t, key_eps = jax.random.split(key_bc)  # the split denoising_loss makes
+    actions = batch["actions"]
+    draws = {"t": diffusion.sample_time(schedule, key_t, actions.shape[0]),
+             "eps": jax.random.normal(key_eps, actions.shape, actions.dtype),
+             "contraction_key": key_reg}
+    return bc_loss_from_draws(config, schedule, actor, params, batch, draws)
 
 
 def config_to_dict(config) -> dict:

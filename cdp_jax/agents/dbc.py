@@ -8,7 +8,10 @@ executed before sampling again (receding horizon). The loss is
 
 ``L_contraction`` being :func:`cdp_jax.contraction.contraction_regulariser` on the same noisy
 chunks (exactly 0, and not computed, with weight 0: plain DBC). The EMA of the parameters (every
-step, as the official IL code) is the policy that acts.
+step, as the official IL code) is the policy that acts. :func:`sample_draws` makes every random
+draw of an update and :func:`update_with_draws` consumes them (the parity tests feed the official
+code's draws). ``experiments/train.py --preset paper-il`` selects the official IL pipeline
+(:mod:`cdp_jax.paper`).
 
 Shapes: ``observations (B, obs_horizon, obs_dim)``, ``actions (B, action_horizon, action_dim)``.
 """
@@ -23,9 +26,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cdp_jax import chunk_networks, contraction, diffusion, networks, samplers
+from cdp_jax import chunk_networks, contraction, diffusion, networks, samplers, schedules
 from cdp_jax.agents.common import (
-    bc_loss_with_contraction,
+    bc_loss_from_draws,
     check_choice,
     check_positive,
     ema_update,
@@ -55,7 +58,12 @@ def _actor(config: DBCConfig):
         return chunk_networks.make_chunk_actor(config.actor_network, config.hidden_dim, config.depth,
                                                config.time_dim, config.activation)
     return networks.make_actor(config.actor_network, config.hidden_dim, config.depth,
-                               config.time_dim, config.activation, config.expansion)
+                               config.time_dim, config.activation, config.expansion,
+                               time_embedding=config.time_embedding, init=config.param_init)
+
+
+def _schedule(config: DBCConfig) -> schedules.Schedule:
+    return make_schedule(config.schedule, config.diffusion_steps, config.schedule_discretization)
 
 
 def _optimizer(config: DBCConfig):
@@ -76,15 +84,32 @@ def init(key: jax.Array, config: DBCConfig, obs_dim: int, action_dim: int) -> DB
                     action_dim=action_dim)
 
 
-def loss_fn(params, state: DBCState, batch: dict, key: jax.Array):
-    """Denoising loss plus contraction penalty. Returns ``(loss, metrics)``."""
-    return bc_loss_with_contraction(state.config, _actor(state.config), params, batch, key)
+def sample_draws(key: jax.Array, config: DBCConfig, batch_size: int, action_dim: int) -> dict:
+    """Every random draw of one update: ``t`` ``(B,)``, ``eps`` ``(B, action_horizon, action_dim)``
+    (the denoising draw, which the penalty reuses) and ``contraction_key``."""
+    key_t, key_eps, key_reg = jax.random.split(key, 3)
+    return {"t": diffusion.sample_time(_schedule(config), key_t, batch_size),
+            "eps": jax.random.normal(key_eps, (batch_size, config.action_horizon, action_dim)),
+            "contraction_key": key_reg}
+
+
+def loss_fn(params, state: DBCState, batch: dict, draws: dict):
+    """Denoising loss plus contraction penalty on the draws of :func:`sample_draws`. Returns
+    ``(loss, metrics)``."""
+    config = state.config
+    return bc_loss_from_draws(config, _schedule(config), _actor(config), params, batch, draws)
 
 
 def update(state: DBCState, batch: dict, key: jax.Array) -> tuple[DBCState, dict]:
     """One AdamW step and an EMA update (a copy before ``ema_start``)."""
+    draws = sample_draws(key, state.config, batch["actions"].shape[0], state.action_dim)
+    return update_with_draws(state, batch, draws)
+
+
+def update_with_draws(state: DBCState, batch: dict, draws: dict) -> tuple[DBCState, dict]:
+    """:func:`update` with its random draws given."""
     config = state.config
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, key)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, draws)
     updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = ema_update(state.ema_params, params, config.ema_decay)
@@ -100,13 +125,14 @@ def act(state: DBCState, obs: jax.Array, key: jax.Array) -> jax.Array:
     :func:`cdp_jax.evaluation.evaluate`).
     """
     config = state.config
-    schedule = make_schedule(config.schedule, config.diffusion_steps)
     actor = _actor(config)
     denoiser = lambda x, t, c: actor.apply(state.ema_params, x, t, c)
     shape = (obs.shape[0], config.action_horizon, state.action_dim)
-    a = samplers.sample(denoiser, schedule, key, shape, cond=obs, method=config.sampler,
-                        steps=config.sampler_steps, prediction=config.prediction,
-                        clip_x0=(-1.0, 1.0), temperature=config.noise_temperature)
+    a = samplers.sample(denoiser, _schedule(config), key, shape, cond=obs, method=config.sampler,
+                        steps=config.sampler_steps, spacing=config.sampler_spacing,
+                        prediction=config.prediction,
+                        clip_x0=(-1.0, 1.0) if config.sampler_clip_x0 else None,
+                        temperature=config.noise_temperature)
     return jnp.clip(a, -1.0, 1.0)
 
 
@@ -115,7 +141,14 @@ def act(state: DBCState, obs: jax.Array, key: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class DBCConfig:
-    """Hyperparameters (defaults: the official CDP imitation-learning setting, REFERENCE.md)."""
+    """Hyperparameters.
+
+    Defaults: a 512-wide residual MLP, x0-prediction, T = 50 and 50 DPM-Solver++(2M) steps with x0
+    clipped to [-1, 1], EMA every step, with cdp_jax's schedule, grid and time embedding. The
+    official IL pipeline (the Pearce backbone, CleanDiffuser's schedule and grid, no clipping while
+    sampling, AdamW weight decay 0.01, the exact penalty on every noise level of the BC draw) is
+    ``experiments/train.py --preset paper-il``; docs/PARITY.md lists each field.
+    """
 
     obs_horizon: int = 2
     action_horizon: int = 1
@@ -128,11 +161,16 @@ class DBCConfig:
     expansion: int = 1
     time_dim: int = 128
     activation: str = "gelu"
+    time_embedding: str = "sinusoidal"  # networks.TIME_EMBEDDINGS; official: positional_integer_t
+    param_init: str = "flax"  # networks.INITS; official: "torch"
     schedule: str = "cosine"
+    schedule_discretization: str = "ddpm"  # official: "cleandiffuser"
     diffusion_steps: int = 50
     prediction: str = "x0"
     sampler: str = "dpm_solver_pp_2m"
     sampler_steps: int = 50
+    sampler_spacing: str = "uniform"  # official: "cleandiffuser"
+    sampler_clip_x0: bool = True  # clip x0_hat at every sampler step (official IL: False)
     noise_temperature: float = 1.0
     lr: float = 1e-3
     weight_decay: float = 1e-6
@@ -145,7 +183,12 @@ class DBCConfig:
     def validate(self) -> DBCConfig:
         check_choice("actor_network", self.actor_network, ACTOR_NETWORKS)
         check_choice("activation", self.activation, tuple(networks.ACTIVATIONS))
+        check_choice("time_embedding", self.time_embedding, tuple(networks.TIME_EMBEDDINGS))
+        check_choice("param_init", self.param_init, networks.INITS)
         check_choice("schedule", self.schedule, ("cosine", "linear"))
+        check_choice("schedule_discretization", self.schedule_discretization,
+                     schedules.DISCRETIZATIONS)
+        check_choice("sampler_spacing", self.sampler_spacing, schedules.SPACINGS)
         check_choice("prediction", self.prediction, diffusion.PREDICTIONS)
         check_choice("sampler", self.sampler, tuple(samplers.SAMPLERS))
         for name in ("obs_horizon", "action_horizon", "n_action", "hidden_dim", "depth", "expansion",
@@ -165,5 +208,5 @@ class DBCConfig:
 
 
 def default_config(**overrides) -> DBCConfig:
-    """The official IL setting with ``overrides`` applied and validated."""
+    """The default IL setting with ``overrides`` applied and validated."""
     return dataclasses.replace(DBCConfig(), **overrides).validate()

@@ -1,22 +1,30 @@
 """Diffusion-QL (Wang et al. 2023) with EDP's action approximation (Kang et al. 2023): offline RL.
 
-The official CDP offline-RL setting: a diffusion actor trained with
+The CDP offline-RL agent: a diffusion actor trained with
 
     L_actor = L_bc + eta * L_q + L_contraction,
     L_q = -Q_i(s, a_hat).mean() / stop_grad(|Q_j(s, a_hat)|.mean()),
 
 (i, j) a random order of the two critics, where ``L_bc`` is the denoising loss (x0-prediction,
 discrete cosine schedule, T = 50) and ``a_hat`` is either EDP's one-step estimate
-``x0_hat(a_t, t, s)`` at the same random ``t`` (``action_approx=True``, cheap, what the official
-code does) or a full reverse chain with gradients (``False``, Diffusion-QL). ``L_contraction`` is
-:func:`cdp_jax.contraction.contraction_regulariser` on the same ``(a_t, t)`` draws; with weight 0
+``x0_hat(a_t, t, s)`` (``action_approx=True``, cheap, what the official code does) or a full
+reverse chain with gradients (``False``, Diffusion-QL). The EDP estimate uses the BC draw
+``(t, eps)`` (``edp_draw="shared"``) or a second, independent one (``"separate"``, the official
+code), clipped to ``[-1, 1]`` or not (``edp_clip``). ``L_contraction`` is
+:func:`cdp_jax.contraction.contraction_regulariser` on the EDP draw's ``(a_t, t)``; with weight 0
 it is exactly 0 and costs nothing, so the agent is then vanilla EDP / Diffusion-QL.
 
-The twin critic regresses on ``y = r + gamma (1 - done) min_i Q'_i(s', a')`` with ``a'`` sampled
-by the EMA actor (DPM-Solver++ 2M, 15 steps by default; with ``td_samples > 1`` the max over
-samples is taken, as on AntMaze). Targets are Polyak-averaged every ``target_every`` steps; the
-EMA actor is a copy of the actor until ``ema_start`` and an exponential average every
-``ema_every`` steps after.
+The twin critic regresses on ``y = r + gamma (1 - done) Q'(s', a')`` with ``a'`` sampled by the EMA
+actor (DPM-Solver++ 2M, 15 steps by default). With ``td_samples = n > 1`` (AntMaze) ``n`` actions
+are drawn per state and ``Q'`` is ``max_samples min_heads`` (``td_target_order="min_then_max"``) or
+the official ``min_heads max_samples`` (``"max_then_min"``). Targets are updated every
+``target_every`` steps as ``target <- (1 - tau) target + tau online`` (``tau = 0.995`` is
+CleanDiffuser's formula, which keeps the target about ``target_every`` steps behind). The EMA
+actor is updated every ``ema_every`` steps from ``ema_start`` on; before that it is a copy of the
+actor (``ema_warmup="copy"``) or stays at the initial weights (``"initial"``, the official code).
+
+Every random draw of an update is made by :func:`sample_draws` and consumed by
+:func:`update_with_draws`, so a test can feed the official code's own draws (tests/test_parity.py).
 
 Shapes: observations ``(B, obs_dim)``, actions ``(B, action_dim)`` in ``[-1, 1]``.
 """
@@ -31,7 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cdp_jax import contraction, diffusion, networks, samplers
+from cdp_jax import contraction, diffusion, networks, samplers, schedules
 from cdp_jax.agents.common import (
     check_choice,
     check_positive,
@@ -39,6 +47,10 @@ from cdp_jax.agents.common import (
     make_optimizer,
     make_schedule,
 )
+
+EMA_WARMUPS = ("copy", "initial")
+EDP_DRAWS = ("shared", "separate")
+TD_TARGET_ORDERS = ("min_then_max", "max_then_min")
 
 
 class DQLState(struct.PyTreeNode):
@@ -58,11 +70,18 @@ class DQLState(struct.PyTreeNode):
 
 def _actor(config: DQLConfig):
     return networks.make_actor(config.actor_network, config.actor_hidden_dim, config.actor_depth,
-                               config.time_dim)
+                               config.time_dim, time_embedding=config.time_embedding,
+                               init=config.param_init)
 
 
 def _critic(config: DQLConfig):
-    return networks.DoubleCritic(hidden_dims=(config.critic_hidden_dim,) * config.critic_depth)
+    return networks.DoubleCritic(hidden_dims=(config.critic_hidden_dim,) * config.critic_depth,
+                                 layer_norm_eps=config.critic_layer_norm_eps,
+                                 param_init=config.param_init)
+
+
+def _schedule(config: DQLConfig) -> schedules.Schedule:
+    return make_schedule(config.schedule, config.diffusion_steps, config.schedule_discretization)
 
 
 # Jitted: flax/optax initialisation op by op costs seconds of dispatch on CPU.
@@ -90,28 +109,68 @@ def _optimizers(config: DQLConfig):
 
 
 def sample_actions(config: DQLConfig, actor_params, obs: jax.Array, key: jax.Array,
-                   action_dim: int, *, temperature: float = 1.0) -> jax.Array:
-    """Actions ``(B, action_dim)`` from the diffusion actor by the configured sampler, clipped."""
-    schedule = make_schedule(config.schedule, config.diffusion_steps)
+                   action_dim: int, *, temperature: float = 1.0,
+                   noise: jax.Array | None = None) -> jax.Array:
+    """Actions ``(B, action_dim)`` from the diffusion actor by the configured sampler, clipped.
+
+    ``noise`` (``(B, action_dim)``, standard normal) fixes the initial state
+    ``x_T = temperature * noise``; otherwise it is drawn from ``key``.
+    """
+    schedule = _schedule(config)
     actor = _actor(config)
     # A sampler evaluates the whole batch at one noise level (samplers._make_model broadcasts a
     # scalar t): passing it as t (1,) lets the actor run its time path once, not on B equal rows.
     denoiser = lambda x, t, c: actor.apply(actor_params, x, t[:1], c)
+    x_init = None if noise is None else temperature * noise
     a = samplers.sample(denoiser, schedule, key, (obs.shape[0], action_dim), cond=obs,
                         method=config.sampler, steps=config.sampler_steps,
-                        prediction=config.prediction, clip_x0=(-1.0, 1.0), temperature=temperature)
+                        spacing=config.sampler_spacing, prediction=config.prediction,
+                        clip_x0=(-1.0, 1.0), temperature=temperature, x_init=x_init)
     return jnp.clip(a, -1.0, 1.0)
 
 
-def critic_loss(critic_params, state: DQLState, batch: dict, key: jax.Array):
-    """Twin-Q TD regression. Returns ``(loss, metrics)``."""
+def sample_draws(key: jax.Array, config: DQLConfig, batch_size: int, action_dim: int) -> dict:
+    """Every random draw of one :func:`update`, as a dict of arrays.
+
+    ``next_noise`` ``(B * td_samples, action_dim)``: the TD-target sampler's initial noise (rows
+    sample-major per state); ``bc_t`` ``(B,)`` and ``bc_eps`` ``(B, action_dim)``: the denoising
+    loss's levels and noise; ``edp_t``, ``edp_eps`` (``edp_draw="separate"`` only): the EDP
+    estimate's own draw; ``q_index``: which critic head carries the Q-loss gradient (0 or 1);
+    ``chain_key`` (Diffusion-QL chain, ``action_approx=False``) and ``contraction_key``
+    (subsample choice, estimator start vectors and probes).
+    """
+    schedule = _schedule(config)
+    keys = jax.random.split(key, 8)
+    shape = (batch_size, action_dim)
+    draws = {
+        "next_noise": jax.random.normal(keys[0], (batch_size * config.td_samples, action_dim)),
+        "bc_t": diffusion.sample_time(schedule, keys[1], batch_size),
+        "bc_eps": jax.random.normal(keys[2], shape),
+        "q_index": jax.random.bernoulli(keys[3]).astype(jnp.int32),
+        "chain_key": keys[4],
+        "contraction_key": keys[5],
+    }
+    if config.edp_draw == "separate":
+        draws["edp_t"] = diffusion.sample_time(schedule, keys[6], batch_size)
+        draws["edp_eps"] = jax.random.normal(keys[7], shape)
+    return draws
+
+
+def critic_loss(critic_params, state: DQLState, batch: dict, next_noise: jax.Array):
+    """Twin-Q TD regression; ``next_noise`` seeds the EMA actor's next actions. Returns
+    ``(loss, metrics)``."""
     config, critic = state.config, _critic(state.config)
     next_obs = batch["next_observations"]
     n, batch_size = config.td_samples, next_obs.shape[0]
     next_obs_rep = jnp.repeat(next_obs, n, axis=0)  # (B * n, obs_dim), sample-major per row
-    next_act = sample_actions(config, state.ema_params, next_obs_rep, key, state.action_dim)
-    next_q = critic.apply(state.target_critic_params, next_obs_rep, next_act).min(axis=0)
-    next_q = next_q.reshape(batch_size, n).max(axis=1)
+    next_act = sample_actions(config, state.ema_params, next_obs_rep, None, state.action_dim,
+                              noise=next_noise.astype(next_obs.dtype))
+    next_q = critic.apply(state.target_critic_params, next_obs_rep, next_act)  # (2, B * n)
+    next_q = next_q.reshape(2, batch_size, n)
+    if config.td_target_order == "max_then_min":  # official AntMaze: per head max, then min
+        next_q = next_q.max(axis=2).min(axis=0)
+    else:
+        next_q = next_q.min(axis=0).max(axis=1)
     target = batch["rewards"] + config.discount * (1.0 - batch["terminals"]) * next_q
     target = jax.lax.stop_gradient(target)
     q = critic.apply(critic_params, batch["observations"], batch["actions"])  # (2, B)
@@ -120,34 +179,45 @@ def critic_loss(critic_params, state: DQLState, batch: dict, key: jax.Array):
                   "critic/q_min": q.min(), "critic/target_mean": target.mean()}
 
 
-def actor_loss(actor_params, state: DQLState, critic_params, batch: dict, key: jax.Array):
-    """``L_bc + eta * L_q + L_contraction``. Returns ``(loss, metrics)``."""
+def actor_loss(actor_params, state: DQLState, critic_params, batch: dict, draws: dict):
+    """``L_bc + eta * L_q + L_contraction`` from the draws of :func:`sample_draws`. Returns
+    ``(loss, metrics)``."""
     config = state.config
-    schedule = make_schedule(config.schedule, config.diffusion_steps)
+    schedule = _schedule(config)
     actor, critic = _actor(config), _critic(config)
     denoiser = lambda x, t, c: actor.apply(actor_params, x, t, c)
-    key_bc, key_chain, key_order, key_reg = jax.random.split(key, 4)
     obs, actions = batch["observations"], batch["actions"]
 
-    bc_loss, aux = diffusion.denoising_loss(denoiser, schedule, actions, obs, key_bc,
-                                            prediction=config.prediction)
-    if config.action_approx:  # EDP: one-step Tweedie estimate at the sampled noise level
-        alpha = diffusion.expand_to(schedule.alpha(aux["t"]), actions)
-        sigma = diffusion.expand_to(schedule.sigma(aux["t"]), actions)
-        new_actions = diffusion.to_x0(aux["pred"], config.prediction, aux["x_t"], alpha, sigma)
-        new_actions = jnp.clip(new_actions, -1.0, 1.0)
+    bc_loss, aux = diffusion.denoising_loss_from_draws(
+        denoiser, schedule, actions, obs, draws["bc_t"], draws["bc_eps"].astype(actions.dtype),
+        prediction=config.prediction)
+    if config.edp_draw == "separate":  # the official code's second, independent (t, eps) draw
+        t_edp = draws["edp_t"]
+        alpha = diffusion.expand_to(schedule.alpha(t_edp), actions)
+        sigma = diffusion.expand_to(schedule.sigma(t_edp), actions)
+        x_edp = alpha * actions + sigma * draws["edp_eps"].astype(actions.dtype)
+        pred_edp = denoiser(x_edp, t_edp, obs)
+    else:
+        t_edp, x_edp, pred_edp = aux["t"], aux["x_t"], aux["pred"]
+        alpha = diffusion.expand_to(schedule.alpha(t_edp), actions)
+        sigma = diffusion.expand_to(schedule.sigma(t_edp), actions)
+    if config.action_approx:  # EDP: one-step Tweedie estimate at the drawn noise level
+        new_actions = diffusion.to_x0(pred_edp, config.prediction, x_edp, alpha, sigma)
+        if config.edp_clip:
+            new_actions = jnp.clip(new_actions, -1.0, 1.0)
     else:  # Diffusion-QL: the whole reverse chain, differentiated
-        new_actions = sample_actions(config, actor_params, obs, key_chain, state.action_dim)
+        new_actions = sample_actions(config, actor_params, obs, draws["chain_key"],
+                                     state.action_dim)
     # Q_i and Q_j head by head: the gradient then runs back through Q_i only (one critic head's
     # backward pass less than selecting from the (2, B) output of both heads).
-    i = jax.random.bernoulli(key_order).astype(jnp.int32)
+    i = draws["q_index"]
     q_i = networks.apply_critic_head(critic, critic_params, i, obs, new_actions)
     q_j = networks.apply_critic_head(critic, critic_params, 1 - i, obs,
                                    jax.lax.stop_gradient(new_actions))
     q_loss = -q_i.mean() / jax.lax.stop_gradient(jnp.abs(q_j).mean())
 
     reg, reg_metrics = contraction.contraction_regulariser(
-        config.contraction, denoiser, schedule, aux["x_t"], aux["t"], obs, key_reg,
+        config.contraction, denoiser, schedule, x_edp, t_edp, obs, draws["contraction_key"],
         prediction=config.prediction)
     loss = bc_loss + config.eta * q_loss + reg
     metrics = {"actor/loss": loss, "actor/bc_loss": bc_loss, "actor/q_loss": q_loss,
@@ -161,18 +231,23 @@ def update(state: DQLState, batch: dict, key: jax.Array) -> tuple[DQLState, dict
     ``batch``: ``observations (B, obs_dim)``, ``actions (B, action_dim)``, ``rewards (B,)``,
     ``next_observations (B, obs_dim)``, ``terminals (B,)`` (1.0 where the episode truly ended).
     """
+    draws = sample_draws(key, state.config, batch["actions"].shape[0], state.action_dim)
+    return update_with_draws(state, batch, draws)
+
+
+def update_with_draws(state: DQLState, batch: dict, draws: dict) -> tuple[DQLState, dict]:
+    """:func:`update` with its random draws given (see :func:`sample_draws`)."""
     config = state.config
     actor_opt, critic_opt = _optimizers(config)
-    key_critic, key_actor = jax.random.split(key)
 
     grads, critic_metrics = jax.grad(critic_loss, has_aux=True)(
-        state.critic_params, state, batch, key_critic)
+        state.critic_params, state, batch, draws["next_noise"])
     updates, critic_opt_state = critic_opt.update(grads, state.critic_opt_state,
                                                   state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, updates)
 
     grads, actor_metrics = jax.grad(actor_loss, has_aux=True)(
-        state.actor_params, state, critic_params, batch, key_actor)
+        state.actor_params, state, critic_params, batch, draws)
     updates, actor_opt_state = actor_opt.update(grads, state.actor_opt_state, state.actor_params)
     actor_params = optax.apply_updates(state.actor_params, updates)
 
@@ -182,9 +257,12 @@ def update(state: DQLState, batch: dict, key: jax.Array) -> tuple[DQLState, dict
     target = jax.tree.map(lambda a, b: jnp.where(do_target, a, b), target,
                           state.target_critic_params)
     do_ema = step % config.ema_every == 0
+    warm = step < config.ema_start
     ema = ema_update(state.ema_params, actor_params, config.ema_decay)
-    ema = jax.tree.map(lambda c, e, old: jnp.where(do_ema, jnp.where(step < config.ema_start, c, e),
-                                                   old), actor_params, ema, state.ema_params)
+    # Before ema_start: a copy of the actor, or (official) the initial weights left untouched.
+    before = actor_params if config.ema_warmup == "copy" else state.ema_params
+    ema = jax.tree.map(lambda b, e, old: jnp.where(do_ema, jnp.where(warm, b, e), old),
+                       before, ema, state.ema_params)
     new_state = state.replace(
         actor_params=actor_params, ema_params=ema, critic_params=critic_params,
         target_critic_params=target, actor_opt_state=actor_opt_state,
@@ -218,26 +296,42 @@ def act(state: DQLState, obs: jax.Array, key: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class DQLConfig:
-    """Hyperparameters (defaults: the official CDP offline-RL setting, REFERENCE.md)."""
+    """Hyperparameters.
+
+    The defaults are the official code's architecture and numbers (T = 50, x0-prediction,
+    15 DPM-Solver++(2M) steps, EMA 0.995 every 5 steps from step 1000, ...) with cdp_jax's
+    corrected choices where the official pipeline has quirks: a float time embedding, standard
+    Polyak targets (tau 0.005), the EMA warmed up by copying, the EDP estimate clipped on the BC
+    draw, the eigenvalue-hinge penalty. ``experiments/train.py --preset paper`` switches every
+    official behaviour on (:mod:`cdp_jax.paper`); docs/PARITY.md lists each field under both.
+    """
 
     # actor and diffusion
     actor_network: str = "mlp"  # "mlp" (Diffusion-QL) or "lnresnet" (IDQL)
     actor_hidden_dim: int = 256
     actor_depth: int = 3
     time_dim: int = 64
+    time_embedding: str = "sinusoidal"  # networks.TIME_EMBEDDINGS; official: positional_integer_t
+    param_init: str = "flax"  # networks.INITS; official: "torch"
     schedule: str = "cosine"  # discrete VP schedule: "cosine" or "linear"
+    schedule_discretization: str = "ddpm"  # schedules.DISCRETIZATIONS; official: cleandiffuser
     diffusion_steps: int = 50
     prediction: str = "x0"
     action_approx: bool = True  # EDP one-step x0 estimate in the Q loss
+    edp_draw: str = "shared"  # EDP estimate on the BC draw, or "separate" (official)
+    edp_clip: bool = True  # clip the EDP estimate to [-1, 1] (official: False)
     sampler: str = "dpm_solver_pp_2m"
     sampler_steps: int = 15
+    sampler_spacing: str = "uniform"  # schedules.SPACINGS; official: "cleandiffuser"
     # critic
     critic_hidden_dim: int = 256
     critic_depth: int = 3
+    critic_layer_norm_eps: float = 1e-6  # official (PyTorch): 1e-5
     discount: float = 0.99
-    tau: float = 0.005
+    tau: float = 0.005  # official (CleanDiffuser's formula): 0.995
     target_every: int = 5
     td_samples: int = 1
+    td_target_order: str = "min_then_max"  # with td_samples > 1; official: "max_then_min"
     # losses and optimisation
     eta: float = 1.0
     actor_lr: float = 3e-4
@@ -248,6 +342,7 @@ class DQLConfig:
     ema_decay: float = 0.995
     ema_every: int = 5
     ema_start: int = 1000
+    ema_warmup: str = "copy"  # before ema_start; official: "initial"
     contraction: contraction.ContractionConfig = contraction.ContractionConfig()
     # action selection (act)
     num_candidates: int = 1
@@ -255,8 +350,16 @@ class DQLConfig:
     noise_temperature: float = 1.0
 
     def validate(self) -> DQLConfig:
-        check_choice("actor_network", self.actor_network, tuple(networks.ACTORS))
+        check_choice("actor_network", self.actor_network, ("mlp", "lnresnet"))
+        check_choice("time_embedding", self.time_embedding, tuple(networks.TIME_EMBEDDINGS))
+        check_choice("param_init", self.param_init, networks.INITS)
         check_choice("schedule", self.schedule, ("cosine", "linear"))
+        check_choice("schedule_discretization", self.schedule_discretization,
+                     schedules.DISCRETIZATIONS)
+        check_choice("sampler_spacing", self.sampler_spacing, schedules.SPACINGS)
+        check_choice("edp_draw", self.edp_draw, EDP_DRAWS)
+        check_choice("td_target_order", self.td_target_order, TD_TARGET_ORDERS)
+        check_choice("ema_warmup", self.ema_warmup, EMA_WARMUPS)
         check_choice("prediction", self.prediction, diffusion.PREDICTIONS)
         check_choice("sampler", self.sampler, tuple(samplers.SAMPLERS))
         for name in ("actor_hidden_dim", "actor_depth", "time_dim", "diffusion_steps",
@@ -264,7 +367,7 @@ class DQLConfig:
                      "td_samples", "ema_every", "num_candidates", "actor_lr", "critic_lr"):
             check_positive(name, getattr(self, name))
         for name in ("eta", "weight_decay", "ema_start", "tau", "discount", "ema_decay",
-                     "candidate_temperature", "noise_temperature"):
+                     "candidate_temperature", "noise_temperature", "critic_layer_norm_eps"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if self.sampler_steps > self.diffusion_steps:
             raise ValueError(f"sampler_steps={self.sampler_steps} exceeds diffusion_steps="
@@ -279,6 +382,6 @@ class DQLConfig:
 
 
 def default_config(**overrides) -> DQLConfig:
-    """The official setting (EDP + Diffusion-QL critic) with ``overrides``, validated."""
+    """The default setting (EDP + Diffusion-QL critic) with ``overrides``, validated."""
     return dataclasses.replace(DQLConfig(), **overrides).validate()
 
