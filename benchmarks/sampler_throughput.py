@@ -69,7 +69,7 @@ def main():
 
     obs_dim, act_dim = 17, 6
     net = DQLActor()
-    schedule = schedules.cosine(50)  # the official CDP code's schedule
+    schedule = schedules.cosine(50)  # T = 50 cosine, as the official CDP code
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, act_dim)), jnp.zeros((1,), jnp.int32),
                       jnp.zeros((1, obs_dim)))
 

@@ -1,6 +1,6 @@
 """Timing helpers shared by the benchmark scripts (imported as ``timing`` when a script runs).
 
-Conventions (STYLE.md item 15): compile first, ``jax.block_until_ready`` every call, repeat, and let
+Conventions: compile first, ``jax.block_until_ready`` every call, repeat, and let
 the caller report median and min; ``time_interleaved`` times several calls round-robin so that all
 of them see the same background load on a shared machine.
 """

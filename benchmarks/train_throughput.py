@@ -10,7 +10,13 @@ Rows (issue 5, and issue 8 for the UNet):
   low-dim shapes (obs 19 x 2 history, action 7, batch 512, LN-ResNet 3 x 512 GELU) with the
   penalty on the whole batch (``window=1, num_penalised=1.0``), on the default window, or off;
 * ``dbc_unet_16x{4,7}/penalty_10%`` and ``/off``: DBC with the temporal UNet on action chunks of
-  16 x 4 (Fetch, obs 28 x 2) and 16 x 7 (lift, obs 19 x 2), batch 256.
+  16 x 4 (Fetch, obs 28 x 2) and 16 x 7 (lift, obs 19 x 2), batch 256;
+* ``paper/penalty`` and ``paper/off``: the ``paper`` preset's update (the official pipeline,
+  cdp_jax.paper.PAPER_RL: separate EDP draw, the exact ``mean((J_sym + 0.1 I)^2)`` on every
+  in-window sample of the batch, CleanDiffuser's grid) on hopper shapes, batch 256, with the
+  penalty (weight 0.1) or with weight 0;
+* ``paper_il/penalty`` and ``paper_il/off``: the ``paper-il`` update (Pearce backbone, exact
+  penalty on the whole batch) on lift shapes, batch 512.
 
 Each row is a jitted :func:`cdp_jax.training.make_train_chunk`: ``--updates`` gradient steps inside
 one ``lax.scan``, batches drawn on device from random arrays. Everything is compiled first, then the
@@ -33,6 +39,7 @@ code on a 2-core CPU, median of 5 x 100 steps: (a) 15.4 steps/s with the penalty
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -45,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import timing
 
-from cdp_jax import contraction, training
+from cdp_jax import contraction, paper, training
 from cdp_jax.agents import dbc, dql
 
 TORCH_REFERENCE = {"dql_edp/penalty_10%": 15.4, "dql_edp/off": 17.2,
@@ -84,6 +91,14 @@ def rows(unet_hidden: int):
     for name, penalty in (("penalty_all", PENALTY_ALL), ("penalty_10%", PENALTY_10), ("off", OFF)):
         out[f"dbc_lift/{name}"] = (dbc, dbc.default_config(contraction=penalty), 19, 7, 512,
                                    lambda k: windows(k, 2, 19, 1, 7))
+    for name, weight in (("penalty", 0.1), ("off", 0.0)):
+        penalty = dataclasses.replace(paper.PAPER_PENALTY, weight=weight)
+        out[f"paper/{name}"] = (dql, dql.default_config(**{**paper.PAPER_RL, "contraction": penalty}),
+                                11, 3, 256, lambda k: transitions(k, 11, 3))
+        il_penalty = dataclasses.replace(paper.PAPER_IL["contraction"], weight=weight)
+        out[f"paper_il/{name}"] = (dbc, dbc.default_config(**{**paper.PAPER_IL,
+                                                              "contraction": il_penalty}),
+                                   19, 7, 512, lambda k: windows(k, 2, 19, 1, 7))
     for action_dim, obs_dim in ((4, 28), (7, 19)):
         for name, penalty in (("penalty_10%", PENALTY_10), ("off", OFF)):
             config = dbc.default_config(actor_network="unet", hidden_dim=unet_hidden, depth=3,

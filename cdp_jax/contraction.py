@@ -13,7 +13,7 @@ Which Jacobian (``ContractionConfig.target``):
 * ``"drift"``: the probability-flow ODE in the direction of integration (noise -> data),
   ``tau = -t``: ``F(x) = 0.5 beta(t) (x - eps_hat / sigma_t)``, from any parameterisation via
   :func:`cdp_jax.diffusion.to_eps`. ``J_F = 0.5 beta (I - J_eps / sigma)``, so ``mu_F < 0`` is
-  exactly ``lambda_min(sym J_eps) > sigma_t`` (DESIGN.md "Signs"). Penalising ``mu_F`` makes the
+  exactly ``lambda_min(sym J_eps) > sigma_t`` (docs/MATH.md, "Signs"). Penalising ``mu_F`` makes the
   sampler forget early solver / score errors and seed perturbations (the theory's condition; the
   sign is checked numerically in the tests: a larger weight makes two nearby sampled flows end
   closer).
@@ -264,7 +264,8 @@ class ContractionConfig:
     Attributes:
       weight: multiplier ``gamma`` of the penalty in the actor loss; 0 disables it (no compute).
       penalty: ``"eigen"`` (``relu(mu + margin)^2``, the paper's hinge squared) or ``"frobenius"``
-        (``||sym J + frobenius_lambda I||_F^2 / n(d)`` by Hutchinson, the official code's default).
+        (``||sym J + frobenius_lambda I||_F^2 / n(d)``, the official code's default penalty; exact or
+        by Hutchinson, see ``frobenius_estimator``).
       margin: the eigen penalty is zero once ``mu <= -margin``.
       frobenius_lambda: the Frobenius form's target ``sym J -> -frobenius_lambda I``.
       frobenius_scale: ``"dim"`` (mean squared eigenvalue, d-independent) or ``"dim_squared"``
@@ -349,6 +350,34 @@ def _frobenius_penalty(fn, x, key, config):
 PENALTIES = {"eigen": _eigen_penalty, "frobenius": _frobenius_penalty}
 
 
+def _exact_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction):
+    """The exact Frobenius penalty of every sample of a batch at once.
+
+    The Jacobians ``(n, d, d)`` come from one forward pass of the batched target and ``d`` batched
+    VJPs (``vmap`` over one-hot cotangents), instead of a ``jacfwd`` of a batch-of-one function per
+    sample: the network then runs on its own batch (one matmul per layer for all samples and
+    directions), 1.3x faster for the penalty with its parameter gradient at d = 3, batch 256 (CPU).
+    Exact for maps that act on each sample independently (every denoiser here).
+    """
+    shape = x.shape
+    n, d = shape[0], math.prod(shape[1:])
+    if config.target == "drift":
+        def fn(y):
+            return probability_flow_drift(denoiser(y, t, cond), prediction, schedule, y, t)
+    else:
+        def fn(y):
+            return denoiser(y, t, cond)
+    flat = lambda y: fn(y.reshape(shape)).reshape(n, d)
+    out, vjp = jax.vjp(flat, x.reshape(n, d))
+    eye = jnp.eye(d, dtype=out.dtype)
+    rows = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, (n, d)))[0])(eye)  # rows[i, b] = J_b[i, :]
+    jac = jnp.swapaxes(rows, 0, 1)  # (n, d, d): jac[b, i, j] = d out_i / d x_j
+    sym = 0.5 * (jac + jnp.swapaxes(jac, 1, 2))
+    m = sym + config.frobenius_lambda * eye[None]
+    values = jnp.sum(jnp.square(m), axis=(1, 2)) / FROBENIUS_SCALES[config.frobenius_scale](d)
+    return values, {"sym_jacobian_norm": jnp.sqrt(jnp.sum(jnp.square(sym), axis=(1, 2)))}
+
+
 def select_in_window(config: ContractionConfig, schedule: Schedule, t: jax.Array, key: jax.Array):
     """A fixed-size random subsample of the in-window samples.
 
@@ -384,7 +413,8 @@ def contraction_regulariser(config: ContractionConfig, denoiser: Callable, sched
 
     Returns:
       ``(weighted_loss, metrics)`` with ``contraction/penalty`` (unweighted), ``contraction/loss``,
-      ``contraction/num_in_window``, ``contraction/num_penalised`` and, for the eigen penalty,
+      ``contraction/num_in_window``, ``contraction/num_penalised``, ``contraction/num_dropped``
+      (in-window samples left out for lack of static slots) and, for the eigen penalty,
       ``contraction/mu_mean`` and ``contraction/mu_max`` over the penalised samples (0 if none).
     """
     if config.weight == 0:
@@ -403,8 +433,12 @@ def contraction_regulariser(config: ContractionConfig, denoiser: Callable, sched
         fn = target_function(config.target, denoiser, schedule, t_i, cond_b, prediction)
         return penalty_fn(fn, x, k, config)
 
-    keys = jax.random.split(key_est, idx.shape[0])
-    values, extras = jax.vmap(per_sample)(x_sel, t_sel, cond_sel, keys)
+    if config.penalty == "frobenius" and config.frobenius_estimator == "exact":
+        values, extras = _exact_frobenius_batch(config, denoiser, schedule, x_sel, t_sel, cond_sel,
+                                                prediction)
+    else:
+        keys = jax.random.split(key_est, idx.shape[0])
+        values, extras = jax.vmap(per_sample)(x_sel, t_sel, cond_sel, keys)
     weights = mask.astype(x_t.dtype)
     count = jnp.sum(weights)
     penalty = jnp.sum(weights * values) / jnp.maximum(count, 1.0)
@@ -414,6 +448,9 @@ def contraction_regulariser(config: ContractionConfig, denoiser: Callable, sched
         "contraction/loss": loss,
         "contraction/num_in_window": jnp.sum(in_window.astype(jnp.int32)),
         "contraction/num_penalised": count,
+        # In-window samples beyond the static count (0 unless the window held more than
+        # num_penalised samples; then the mean is over a random subset of them).
+        "contraction/num_dropped": jnp.sum(in_window.astype(x_t.dtype)) - count,
     }
     for name, value in extras.items():
         value = jax.lax.stop_gradient(value)

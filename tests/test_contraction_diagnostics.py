@@ -152,7 +152,7 @@ def _check_penalty_works(steps, width, batch):
     (mu0, mu1), (spread0, spread1), (lyap0, lyap1) = np.asarray(mu), np.asarray(spread), lyap
     assert mu1 < mu0 - 0.5, (mu0, mu1)  # lower mu at low noise
     assert np.all(spread1 < spread0), (spread0, spread1)  # less action spread per observation
-    # The sign check (DESIGN.md "Signs"): two nearby sampled flows end closer.
+    # The sign check (docs/MATH.md, "Signs"): two nearby sampled flows end closer.
     assert lyap1 < lyap0, (lyap0, lyap1)
 
 

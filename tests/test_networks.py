@@ -16,6 +16,25 @@ def test_mish_matches_definition(x64):
     g = jax.vmap(jax.grad(networks.mish))(x)
     g_ref = jax.vmap(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v))))(x)
     np.testing.assert_allclose(g, g_ref, rtol=1e-9, atol=1e-9)
+    h = jax.vmap(jax.grad(jax.grad(networks.mish)))(x)
+    h_ref = jax.vmap(jax.grad(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v)))))(x)
+    np.testing.assert_allclose(h, h_ref, rtol=1e-8, atol=1e-9)
+    h3 = jax.vmap(jax.grad(jax.grad(jax.grad(networks.mish))))(x)
+    h3_ref = jax.vmap(jax.grad(jax.grad(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v))))))(x)
+    np.testing.assert_allclose(h3, h3_ref, rtol=1e-8, atol=1e-9)
+
+
+def test_mish_second_derivative_in_float32():
+    """The penalties differentiate Jacobians, i.e. second derivatives of Mish: they must hold in
+    float32 too, where autodiff of the quotient formula gave -160 near the cutoff (true ~0)."""
+    x = jnp.linspace(-30.0, 30.0, 6001, dtype=jnp.float32)
+    h = np.asarray(jax.vmap(jax.grad(jax.grad(networks.mish)))(x), np.float64)
+    xd = np.asarray(x, np.float64)
+    e, sp = np.exp(xd), np.log1p(np.exp(xd))
+    sech2, sig = 1.0 / np.cosh(sp) ** 2, e / (1.0 + e)
+    # d/dx [tanh(sp) + x sech^2(sp) sig] with d sp/dx = sig, d sig/dx = sig (1 - sig)
+    h_ref = (2 * sech2 * sig - 2 * xd * sech2 * np.tanh(sp) * sig**2 + xd * sech2 * sig * (1 - sig))
+    np.testing.assert_allclose(h, h_ref, atol=2e-6)
 
 
 def test_sinusoidal_embedding_shape():

@@ -52,6 +52,7 @@ def test_paper_preset_takes_the_task_row():
     assert config.reward_normalization == "returns_range" and config.max_episode_steps == 1000
     assert config.fraction_unit == "transitions" and config.steps == 200_000
     assert agent.contraction == paper.PAPER_PENALTY and agent.num_candidates == 100
+    assert agent.contraction.penalised_count(256) == 64  # room for every in-window sample
     # Explicit flags win over the row.
     config, agent = training.preset("paper", agent_overrides=["eta=2.5"],
                                     dataset="cdp/hopper/medium-v0", max_episode_steps=500)
@@ -239,3 +240,29 @@ def test_torch_init_bounds():
 def test_replace_keeps_presets_frozen():
     assert dataclasses.is_dataclass(paper.PAPER_PENALTY)
     assert paper.PAPER_IL["contraction"].window == 1.0 and paper.PAPER_PENALTY.window == 0.1
+
+
+@pytest.mark.parametrize("target", ["network", "drift"])
+def test_exact_frobenius_batch_matches_per_sample_reference(x64, target):
+    """The batched exact penalty (one forward, d VJPs) equals the per-sample jacfwd reference,
+    averaged over the in-window samples only (static-shape mask)."""
+    from cdp_jax import contraction
+
+    schedule = schedules.cosine(10, discretization="cleandiffuser")
+    actor = networks.DQLActor(hidden_dim=16, time_dim=8)
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (12, 2, 2), jnp.float64)  # chunks: d = 4
+    t = jnp.arange(12) % 10
+    cond = jax.random.normal(jax.random.PRNGKey(1), (12, 3), jnp.float64)
+    params = actor.init(key, x, t, cond)
+    den = lambda xx, tt, cc: actor.apply(params, xx, tt, cc)
+    config = contraction.ContractionConfig(weight=2.0, penalty="frobenius", frobenius_scale="dim_squared",
+                                           frobenius_estimator="exact", target=target, window=0.3,
+                                           num_penalised=1.0)
+    loss, metrics = contraction.contraction_regulariser(config, den, schedule, x, t, cond, key,
+                                                        prediction="x0")
+    refs = [contraction.exact_sym_jacobian_frobenius(
+        contraction.target_function(target, den, schedule, t[i], cond[i:i + 1], "x0"), x[i],
+        shift=0.1, scale="dim_squared") for i in range(12) if (t[i] + 1) / 10 <= 0.3]
+    assert int(metrics["contraction/num_penalised"]) == len(refs) == 5  # levels 0, 1, 2, 0, 1
+    np.testing.assert_allclose(loss, 2.0 * np.mean(refs), rtol=1e-12)

@@ -9,6 +9,7 @@ pipeline. Tolerances (relative to each array's largest magnitude): float64 1e-10
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -54,9 +55,14 @@ def weights(data: dict, prefix: str) -> dict:
 
 
 def close(got, want, rtol, what=""):
+    """Max |got - want| relative to max |want| is at most ``rtol`` (reported to the file named by
+    ``$PARITY_REPORT`` when set: the tolerances reached)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
     err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300)
+    if os.environ.get("PARITY_REPORT"):
+        with open(os.environ["PARITY_REPORT"], "a") as f:
+            f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '').split(' ')[0]}\t{what}\t{err:.3g}\n")
     assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
     return err
 

@@ -1,6 +1,7 @@
 """Agents: one algorithm per file, each a frozen config plus pure ``init``, ``update``, ``act``.
 
-* ``dql``: Diffusion-QL / EDP (offline RL on transitions), the official CDP RL setting.
+* ``dql``: Diffusion-QL / EDP (offline RL on transitions), the algorithm of the official CDP RL
+  code (its exact pipeline: ``--preset paper``, :mod:`cdp_jax.paper`).
 * ``dbc``: diffusion behaviour cloning with observation history and action chunks (imitation).
 * ``idql``: IQL critic + value, diffusion behaviour actor, critic-resampled candidates (offline RL).
 
