@@ -178,3 +178,17 @@ def rl_task_overrides(row: TaskRow) -> tuple[dict, dict]:
     train = {"max_episode_steps": row.max_episode_steps,
              "reward_normalization": row.reward_normalization}
     return agent, train
+
+
+def describe_task_values(config, agent_config) -> str:
+    """One line for the run's log: the per-task values in use and where they come from."""
+    found = task_row(config.dataset)
+    values = (f"eta={agent_config.eta:g} candidate_temperature={agent_config.candidate_temperature:g}"
+              f" td_samples={agent_config.td_samples} reward_normalization="
+              f"{config.reward_normalization} max_episode_steps={config.max_episode_steps}")
+    if found is None:
+        origin = "given explicitly (no per-task row for this dataset)"
+    else:
+        task, row = found
+        origin = f"task {task}: {row.source}; flags and --set override them"
+    return f"paper preset, per-task values: {values} ({origin})"

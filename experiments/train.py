@@ -42,7 +42,7 @@ import time
 
 import tqdm
 
-from cdp_jax import multi_seed, parallel, training
+from cdp_jax import multi_seed, paper, parallel, training
 from cdp_jax.agents import CONFIGS, common
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
@@ -141,6 +141,8 @@ def main(argv=None) -> int:
         print(parallel.setup(args.device, args.distributed), flush=True)
     except RuntimeError as err:  # asked for an accelerator JAX cannot see: no silent CPU run
         raise SystemExit(f"error: {err}") from None
+    if args.preset == "paper":
+        print(paper.describe_task_values(config, agent_config), flush=True)
     ensure_dataset(config.dataset, args.build_steps)
     if seeds is not None:
         summary = multi_seed.train_seeds(config, agent_config, seeds, args.parallel)
