@@ -22,6 +22,7 @@ and ``cond`` of shape ``(B, ...)`` (flattened), and return an array with the sha
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -74,6 +75,80 @@ def _mish_slope_jvp(primals, tangents):
     curve = 4.0 * e * q * q * (2.0 * (1.0 + e) + x * (1.0 + 2.0 * e)
                                - 4.0 * x * e * (1.0 + e) ** 2 * q)
     return mish_slope(x), jnp.where(x > _MISH_CUTOFF, 0.0, curve) * dx
+
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@jax.custom_jvp
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """Exact GELU, ``x Phi(x)`` (PyTorch's ``nn.GELU()`` default), with closed-form first and
+    second derivatives: ``Phi(x) + x phi(x)`` and ``phi(x) (2 - x^2)``. Same values as
+    ``flax.linen.gelu(x, approximate=False)``; the penalties' second-order pass runs faster."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+
+@gelu_exact.defjvp
+def _gelu_exact_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return gelu_exact(x), gelu_exact_slope(x) * dx
+
+
+@jax.custom_jvp
+def gelu_exact_slope(x: jax.Array) -> jax.Array:
+    """``GELU'(x) = Phi(x) + x phi(x)``."""
+    return 0.5 * (1.0 + jax.lax.erf(x / math.sqrt(2.0))) + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x)
+
+
+@gelu_exact_slope.defjvp
+def _gelu_exact_slope_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    curve = _INV_SQRT_2PI * jnp.exp(-0.5 * x * x) * (2.0 - x * x)
+    return gelu_exact_slope(x), curve * dx
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def group_standardize(x: jax.Array, num_groups: int, eps: float) -> jax.Array:
+    """``(x - mean) / sqrt(var + eps)`` over groups of ``C / num_groups`` channels of ``x (B, C)``
+    (biased variance, as PyTorch's and Flax's GroupNorm). The JVP is given in closed form,
+    ``rstd (dx - mean(dx) - xhat mean(xhat dx))`` per group, which the penalties' second-order
+    pass differentiates faster than the autodiff of the reductions."""
+    xc, rstd = _group_stats(x, num_groups, eps)
+    return (xc * rstd).reshape(x.shape)
+
+
+def _group_stats(x, num_groups, eps):
+    b, c = x.shape
+    xg = x.reshape(b, num_groups, c // num_groups)
+    xc = xg - xg.mean(-1, keepdims=True)
+    return xc, jax.lax.rsqrt(jnp.mean(xc * xc, -1, keepdims=True) + eps)
+
+
+@group_standardize.defjvp
+def _group_standardize_jvp(num_groups, eps, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    xc, rstd = _group_stats(x, num_groups, eps)
+    xhat = xc * rstd
+    dg = dx.reshape(xc.shape)
+    dg = dg - dg.mean(-1, keepdims=True)
+    dxhat = rstd * (dg - xhat * jnp.mean(xhat * dg, -1, keepdims=True))
+    return xhat.reshape(x.shape), dxhat.reshape(x.shape)
+
+
+class GroupNorm1d(nn.Module):
+    """GroupNorm of ``(B, C)`` features, parameters ``scale``, ``bias`` as ``nn.GroupNorm``."""
+
+    num_groups: int = 8
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm1d: {c} channels do not split into {self.num_groups} groups.")
+        scale = self.param("scale", nn.initializers.ones_init(), (c,))
+        bias = self.param("bias", nn.initializers.zeros_init(), (c,))
+        return group_standardize(x, self.num_groups, self.epsilon) * scale[None] + bias[None]
 
 
 ACTIVATIONS = {"mish": mish, "relu": nn.relu, "gelu": nn.gelu, "silu": nn.silu, "tanh": jnp.tanh}
@@ -292,8 +367,8 @@ class PearceActor(nn.Module):
 
         def block(inp, name):
             y = dense(h, inp.shape[-1], init, name=name)(inp)
-            y = nn.GroupNorm(num_groups=8, epsilon=1e-5, name=f"{name}_norm")(y)
-            return nn.gelu(y, approximate=False)
+            y = GroupNorm1d(num_groups=min(8, h // 4), epsilon=1e-5, name=f"{name}_norm")(y)
+            return gelu_exact(y)
 
         h1 = block(jnp.concatenate([x_e, t_e, obs_e], axis=-1), "fc1")
         h2 = block(jnp.concatenate([h1 / 1.414, xf, t_raw], axis=-1), "fc2") + h1 / 1.414

@@ -83,3 +83,26 @@ def test_unknown_names_are_rejected():
         networks.make_actor("transformer", 8, 1, 8)
     with pytest.raises(ValueError, match="activation"):
         networks.get_activation("swish2")
+
+
+def test_gelu_exact_and_group_standardize_derivatives(x64):
+    """The closed-form derivatives agree with autodiff of the definitions to third order (GELU)
+    and second order (GroupNorm), so the penalties' gradients are unchanged."""
+    import flax.linen as nn
+
+    x = jnp.linspace(-8.0, 8.0, 801)
+    ref = lambda v: 0.5 * v * (1.0 + jax.scipy.special.erf(v / np.sqrt(2.0)))
+    np.testing.assert_allclose(networks.gelu_exact(x), nn.gelu(x, approximate=False), atol=1e-15)
+    for order in range(1, 4):
+        f, g = networks.gelu_exact, ref
+        for _ in range(order):
+            f, g = jax.grad(f), jax.grad(g)
+        np.testing.assert_allclose(jax.vmap(f)(x), jax.vmap(g)(x), rtol=1e-9, atol=1e-12)
+    y = jax.random.normal(jax.random.PRNGKey(0), (3, 32), jnp.float64) * 2.0 + 0.5
+    gn = lambda v: nn.GroupNorm(num_groups=4, epsilon=1e-5, use_scale=False, use_bias=False).apply({}, v)
+    ours = lambda v: networks.group_standardize(v, 4, 1e-5)
+    np.testing.assert_allclose(ours(y), gn(y), atol=1e-13)
+    loss = lambda fn: (lambda v: jnp.sum(jnp.sin(fn(v)) * jnp.arange(32.0)))
+    np.testing.assert_allclose(jax.grad(loss(ours))(y), jax.grad(loss(gn))(y), atol=1e-12)
+    np.testing.assert_allclose(jax.hessian(loss(ours))(y[:1]), jax.hessian(loss(gn))(y[:1]),
+                               atol=1e-11)
