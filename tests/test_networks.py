@@ -102,7 +102,7 @@ def test_gelu_exact_and_group_standardize_derivatives(x64):
     gn = lambda v: nn.GroupNorm(num_groups=4, epsilon=1e-5, use_scale=False, use_bias=False).apply({}, v)
     ours = lambda v: networks.group_standardize(v, 4, 1e-5)
     np.testing.assert_allclose(ours(y), gn(y), atol=1e-13)
-    loss = lambda fn: (lambda v: jnp.sum(jnp.sin(fn(v)) * jnp.arange(32.0)))
+    loss = lambda fn: (lambda v: jnp.sum(jnp.sin(fn(v)) * jnp.arange(32.0)[None]))
     np.testing.assert_allclose(jax.grad(loss(ours))(y), jax.grad(loss(gn))(y), atol=1e-12)
     np.testing.assert_allclose(jax.hessian(loss(ours))(y[:1]), jax.hessian(loss(gn))(y[:1]),
                                atol=1e-11)
