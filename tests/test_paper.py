@@ -142,54 +142,51 @@ def _batch(key, b=8, obs_dim=3, act_dim=2):
 @pytest.mark.parametrize("warmup", ["copy", "initial"])
 def test_ema_warmup(warmup):
     """Before ema_start: a copy of the actor ("copy") or the untouched initial weights ("initial",
-    the official code); from ema_start on, decay from whatever the EMA held."""
-    config = _tiny(ema_start=2, ema_every=1, ema_decay=0.5, ema_warmup=warmup)
-    state = dql.init(jax.random.PRNGKey(0), config, 3, 2)
-    init = state.ema_params
-    update = jax.jit(dql.update)
-    leaf = lambda p: p["params"]["Dense_5"]["bias"]
-    history = []
-    for k in range(3):
-        before = state.ema_params
-        state, _ = update(state, _batch(jax.random.PRNGKey(k)), jax.random.PRNGKey(10 + k))
-        history.append((before, state.actor_params, state.ema_params))
+    the official code); from ema_start on, decay from whatever the EMA held; only every
+    ema_every steps."""
+    config = _tiny(ema_start=4, ema_every=2, ema_decay=0.5, ema_warmup=warmup)
+    init = {"w": jnp.zeros(3)}
+    ema, history = init, []
+    for step in range(8):
+        actor = {"w": jnp.full(3, float(step + 1))}
+        before = ema
+        ema = dql.ema_actor(ema, actor, jnp.asarray(step), config)
+        history.append((before, actor, ema))
     for step, (before, actor, ema) in enumerate(history):
-        if step < 2:
-            want = leaf(actor) if warmup == "copy" else leaf(init)
+        if step % 2:
+            want = before["w"]
+        elif step < 4:
+            want = actor["w"] if warmup == "copy" else init["w"]
         else:
-            want = 0.5 * leaf(before) + 0.5 * leaf(actor)
-        np.testing.assert_allclose(leaf(ema), want, rtol=1e-6, err_msg=f"step {step}")
+            want = 0.5 * before["w"] + 0.5 * actor["w"]
+        np.testing.assert_allclose(ema["w"], want, err_msg=f"step {step}")
+    assert float(history[-1][2]["w"][0]) == (5.5 if warmup == "copy" else 4.75)
 
 
-def test_separate_edp_draw_is_used_and_shared_ignores_it():
+def test_separate_edp_draw_is_used():
     state = dql.init(jax.random.PRNGKey(0), _tiny(edp_draw="separate", edp_clip=False), 3, 2)
     batch = _batch(jax.random.PRNGKey(1))
     draws = dql.sample_draws(jax.random.PRNGKey(2), state.config, 8, 2)
     assert {"edp_t", "edp_eps"} <= set(draws)
-    loss = lambda d: dql.actor_loss(state.actor_params, state, state.critic_params, batch, d)[1]
-    moved = loss({**draws, "edp_eps": draws["edp_eps"] + 1.0})["actor/q_loss"]
-    assert moved != loss(draws)["actor/q_loss"]
-    shared = state.replace(config=_tiny())
-    draws = dql.sample_draws(jax.random.PRNGKey(2), shared.config, 8, 2)
-    assert "edp_t" not in draws
+    q_loss = jax.jit(lambda d: dql.actor_loss(state.actor_params, state, state.critic_params,
+                                              batch, d)[1]["actor/q_loss"])
+    assert q_loss({**draws, "edp_eps": draws["edp_eps"] + 1.0}) != q_loss(draws)
+    assert "edp_t" not in dql.sample_draws(jax.random.PRNGKey(2), _tiny(), 8, 2)
 
 
-def test_td_target_orders_differ_only_with_several_samples():
-    a = np.array([[[1.0, 5.0]], [[4.0, 2.0]]])  # (heads, B=1, n=2)
-    assert a.min(axis=0).max(axis=1)[0] == 2.0  # min over heads, then max over samples
-    assert a.max(axis=2).min(axis=0)[0] == 4.0  # official AntMaze: per head max, then min
-    for order in dql.TD_TARGET_ORDERS:
-        state = dql.init(jax.random.PRNGKey(0), _tiny(td_samples=4, td_target_order=order), 3, 2)
-        batch = _batch(jax.random.PRNGKey(1))
-        noise = jax.random.normal(jax.random.PRNGKey(3), (32, 2))
-        loss, metrics = dql.critic_loss(state.critic_params, state, batch, noise)
-        assert np.isfinite(float(loss))
+def test_td_target_orders():
+    next_q = jnp.array([[[1.0, 5.0]], [[4.0, 2.0]]])  # (heads, B=1, n=2)
+    assert float(dql.reduce_next_q(next_q, "min_then_max")[0]) == 2.0
+    assert float(dql.reduce_next_q(next_q, "max_then_min")[0]) == 4.0  # official AntMaze
+    one = next_q[:, :, :1]
+    assert float(dql.reduce_next_q(one, "min_then_max")[0]) == float(
+        dql.reduce_next_q(one, "max_then_min")[0])
 
 
 # ------------------------------------------------------------------------- grid and embedding
 
 
-@pytest.mark.parametrize("steps", [15, 50])
+@pytest.mark.parametrize("steps", [50, pytest.param(15, marks=pytest.mark.slow)])
 def test_landing_grid_on_exact_gaussian(x64, steps):
     """CleanDiffuser's grid (ends by landing on level 0, sigma_0 = 0.0064) with an exact denoiser
     reproduces the data up to the coarse T = 50 schedule's discretisation error (DPM-Solver++(2M):
@@ -198,15 +195,15 @@ def test_landing_grid_on_exact_gaussian(x64, steps):
     schedule = schedules.cosine(50, discretization="cleandiffuser")
     denoiser = diffusion.gaussian_denoiser(jnp.array([0.3, -0.2]), jnp.array([0.5, 0.2]),
                                            schedule, prediction="x0")
-    x = samplers.sample(denoiser, schedule, jax.random.PRNGKey(0), (20_000, 2), method="dpm_solver_pp_2m",
+    x = samplers.sample(denoiser, schedule, jax.random.PRNGKey(0), (8_000, 2), method="dpm_solver_pp_2m",
                         steps=steps, spacing="cleandiffuser", prediction="x0", dtype=jnp.float64)
     assert np.all(np.isfinite(np.asarray(x)))
-    np.testing.assert_allclose(np.std(np.asarray(x), axis=0), [0.5, 0.2], rtol=0.4)
-    uniform = samplers.sample(denoiser, schedule, jax.random.PRNGKey(0), (20_000, 2),
+    np.testing.assert_allclose(np.std(np.asarray(x), axis=0), [0.5, 0.2], rtol=0.1)
+    uniform = samplers.sample(denoiser, schedule, jax.random.PRNGKey(0), (8_000, 2),
                               steps=steps, prediction="x0", dtype=jnp.float64)
     np.testing.assert_allclose(np.std(np.asarray(x), axis=0), np.std(np.asarray(uniform), axis=0),
                                rtol=0.04)
-    np.testing.assert_allclose(np.mean(np.asarray(x), axis=0), [0.3, -0.2], atol=0.02)
+    np.testing.assert_allclose(np.mean(np.asarray(x), axis=0), [0.3, -0.2], atol=0.03)
     traj = samplers.sample(denoiser, schedule, jax.random.PRNGKey(0), (4, 2), steps=steps,
                            spacing="cleandiffuser", prediction="x0", return_trajectory=True,
                            dtype=jnp.float64)
@@ -229,8 +226,8 @@ def test_integer_t_embedding_quirk():
 
 def test_torch_init_bounds():
     actor = networks.DQLActor(param_init="torch")
-    params = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1,), jnp.int32),
-                        jnp.zeros((1, 11)))["params"]
+    params = jax.jit(actor.init)(jax.random.PRNGKey(0), jnp.zeros((1, 3)),
+                                 jnp.zeros((1,), jnp.int32), jnp.zeros((1, 11)))["params"]
     kernel = params["Dense_3"]["kernel"]
     bound = 1.0 / np.sqrt(256)
     assert float(jnp.max(jnp.abs(kernel))) <= bound and float(jnp.std(kernel)) > 0.5 * bound / np.sqrt(3)
@@ -259,10 +256,11 @@ def test_exact_frobenius_batch_matches_per_sample_reference(x64, target):
     config = contraction.ContractionConfig(weight=2.0, penalty="frobenius", frobenius_scale="dim_squared",
                                            frobenius_estimator="exact", target=target, window=0.3,
                                            num_penalised=1.0)
-    loss, metrics = contraction.contraction_regulariser(config, den, schedule, x, t, cond, key,
-                                                        prediction="x0")
-    refs = [contraction.exact_sym_jacobian_frobenius(
-        contraction.target_function(target, den, schedule, t[i], cond[i:i + 1], "x0"), x[i],
-        shift=0.1, scale="dim_squared") for i in range(12) if (t[i] + 1) / 10 <= 0.3]
-    assert int(metrics["contraction/num_penalised"]) == len(refs) == 5  # levels 0, 1, 2, 0, 1
-    np.testing.assert_allclose(loss, 2.0 * np.mean(refs), rtol=1e-12)
+    loss, metrics = jax.jit(lambda: contraction.contraction_regulariser(
+        config, den, schedule, x, t, cond, key, prediction="x0"))()
+    ref = jax.jit(jax.vmap(lambda xi, ti, ci: contraction.exact_sym_jacobian_frobenius(
+        contraction.target_function(target, den, schedule, ti, ci[None], "x0"), xi,
+        shift=0.1, scale="dim_squared")))(x, t, cond)
+    in_window = np.asarray((t + 1) / 10 <= 0.3 + 1e-6)
+    assert int(metrics["contraction/num_penalised"]) == in_window.sum() == 5  # levels 0,1,2,0,1
+    np.testing.assert_allclose(loss, 2.0 * np.mean(np.asarray(ref)[in_window]), rtol=1e-12)

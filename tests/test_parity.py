@@ -78,6 +78,11 @@ def cast(tree, dtype):
         jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x), tree)
 
 
+# float32 runs of the costlier whole-step tests live behind the slow marker (the float32 hopper
+# step, networks and samplers stay in the default run).
+SLOW_F32 = ["float64", pytest.param("float32", marks=pytest.mark.slow)]
+
+
 @pytest.fixture(params=["float64", "float32"])
 def precision(request):
     """Run a test in float64 (tolerance 1e-10) and in float32 (1e-5)."""
@@ -223,20 +228,21 @@ def test_bc_loss_penalty_and_their_gradients(x64):
             prediction="x0")
         return bc, reg / penalty_config.weight, metrics, aux["x_t"], denoiser
 
-    bc, jac_loss, metrics, x_t, denoiser = pieces(torch_params)
+    bc, jac_loss, metrics, x_t, _ = jax.jit(lambda tp: pieces(tp)[:4])(torch_params)
+    denoiser = pieces(torch_params)[4]
     close(bc, data["bc_loss"], RTOL64, "bc_loss")
     close(jac_loss, data["jacobian_loss"], RTOL64, "jacobian_loss")
     close(metrics["contraction/sym_jacobian_norm_mean"], data["jacobian_norm"], RTOL64)
     close(bc + penalty_config.weight * jac_loss, data["loss"], RTOL64, "loss")
-    jac = jax.vmap(lambda x, tt, c: jax.jacfwd(lambda y: denoiser(y[None], tt[None], c[None])[0])(x))(
-        x_t, t, obs)
+    jac = jax.jit(jax.vmap(lambda x, tt, c: jax.jacfwd(
+        lambda y: denoiser(y[None], tt[None], c[None])[0])(x)))(x_t, t, obs)
     close(jac, data["jacobian"], RTOL64, "Jacobian")
-    eig = jax.vmap(lambda x, tt, c: contraction.exact_max_sym_eigenvalue(
-        lambda y: denoiser(y[None], tt[None], c[None])[0], x))(x_t, t, obs)
+    eig = jax.jit(jax.vmap(lambda x, tt, c: contraction.exact_max_sym_eigenvalue(
+        lambda y: denoiser(y[None], tt[None], c[None])[0], x)))(x_t, t, obs)
     close(eig.mean(), data["eigen_max_exact"], RTOL64, "exact largest eigenvalue")
 
-    grad_bc = jax.grad(lambda tp: pieces(tp)[0])(torch_params)
-    grad_jac = jax.grad(lambda tp: pieces(tp)[1])(torch_params)
+    grad_bc, grad_jac = jax.jit(lambda tp: (jax.grad(lambda p: pieces(p)[0])(tp),
+                                             jax.grad(lambda p: pieces(p)[1])(tp)))(torch_params)
     close_tree(grad_bc, {k[len("grad_bc__"):]: v for k, v in data.items()
                          if k.startswith("grad_bc__")}, RTOL64, "d bc_loss")
     close_tree(grad_jac, {k[len("grad_jac__"):]: v for k, v in data.items()
@@ -320,6 +326,7 @@ def test_whole_rl_step_hopper(precision):
     close_tree(to_torch_actor(state.ema_params), weights(data, "actor"), exact, "EMA")  # ours too
 
 
+@pytest.mark.parametrize("precision", SLOW_F32, indirect=True)
 def test_whole_rl_step_antmaze_td_target(precision):
     """AntMaze: 10 next actions per state, per critic head the max, then the min over heads."""
     dtype, rtol = precision
@@ -339,6 +346,7 @@ def test_whole_rl_step_antmaze_td_target(precision):
                "target critic")
 
 
+@pytest.mark.parametrize("precision", SLOW_F32, indirect=True)
 def test_whole_il_step(precision):
     """Two official IL updates (BC loss + exact penalty on every noise level, AdamW with weight
     decay 0.01, EMA every step), through the ``paper-il`` configuration."""

@@ -166,17 +166,35 @@ def critic_loss(critic_params, state: DQLState, batch: dict, next_noise: jax.Arr
     next_act = sample_actions(config, state.ema_params, next_obs_rep, None, state.action_dim,
                               noise=next_noise.astype(next_obs.dtype))
     next_q = critic.apply(state.target_critic_params, next_obs_rep, next_act)  # (2, B * n)
-    next_q = next_q.reshape(2, batch_size, n)
-    if config.td_target_order == "max_then_min":  # official AntMaze: per head max, then min
-        next_q = next_q.max(axis=2).min(axis=0)
-    else:
-        next_q = next_q.min(axis=0).max(axis=1)
+    next_q = reduce_next_q(next_q.reshape(2, batch_size, n), config.td_target_order)
     target = batch["rewards"] + config.discount * (1.0 - batch["terminals"]) * next_q
     target = jax.lax.stop_gradient(target)
     q = critic.apply(critic_params, batch["observations"], batch["actions"])  # (2, B)
     loss = jnp.mean(jnp.square(q - target[None, :])) * 2.0  # mse(q1, y) + mse(q2, y)
     return loss, {"critic/loss": loss, "critic/q_mean": q.mean(), "critic/q_max": q.max(),
                   "critic/q_min": q.min(), "critic/target_mean": target.mean()}
+
+
+def reduce_next_q(next_q: jax.Array, order: str) -> jax.Array:
+    """``(2 heads, B, n samples) -> (B,)``: ``"min_then_max"`` (min over heads, then max over
+    samples) or ``"max_then_min"`` (per head the max over samples, then the min: the official
+    AntMaze target). Equal for ``n = 1``."""
+    if order == "max_then_min":
+        return next_q.max(axis=2).min(axis=0)
+    return next_q.min(axis=0).max(axis=1)
+
+
+def ema_actor(ema_params, actor_params, step: jax.Array, config: DQLConfig):
+    """The EMA actor after gradient step ``step`` (0-based): unchanged unless
+    ``step % ema_every == 0``; before ``ema_start`` a copy of ``actor_params`` (``ema_warmup=
+    "copy"``) or left as it is (``"initial"``: the initial weights, the official code); after,
+    ``ema_decay * ema + (1 - ema_decay) * actor``."""
+    do_ema = step % config.ema_every == 0
+    warm = step < config.ema_start
+    ema = ema_update(ema_params, actor_params, config.ema_decay)
+    before = actor_params if config.ema_warmup == "copy" else ema_params
+    return jax.tree.map(lambda b, e, old: jnp.where(do_ema, jnp.where(warm, b, e), old),
+                        before, ema, ema_params)
 
 
 def actor_loss(actor_params, state: DQLState, critic_params, batch: dict, draws: dict):
@@ -256,13 +274,7 @@ def update_with_draws(state: DQLState, batch: dict, draws: dict) -> tuple[DQLSta
     target = ema_update(state.target_critic_params, critic_params, 1.0 - config.tau)
     target = jax.tree.map(lambda a, b: jnp.where(do_target, a, b), target,
                           state.target_critic_params)
-    do_ema = step % config.ema_every == 0
-    warm = step < config.ema_start
-    ema = ema_update(state.ema_params, actor_params, config.ema_decay)
-    # Before ema_start: a copy of the actor, or (official) the initial weights left untouched.
-    before = actor_params if config.ema_warmup == "copy" else state.ema_params
-    ema = jax.tree.map(lambda b, e, old: jnp.where(do_ema, jnp.where(warm, b, e), old),
-                       before, ema, state.ema_params)
+    ema = ema_actor(state.ema_params, actor_params, step, config)
     new_state = state.replace(
         actor_params=actor_params, ema_params=ema, critic_params=critic_params,
         target_critic_params=target, actor_opt_state=actor_opt_state,
