@@ -7,8 +7,10 @@ median. Prints a table and writes JSON to ``benchmarks/results/sampler_throughpu
     python benchmarks/sampler_throughput.py            # all samplers, batch 1 / 100 / 1000 / 10000
     python benchmarks/sampler_throughput.py --quick    # 2 samplers, fewer repeats
 
-Reference (issue 2): the official PyTorch 15-step DPM-Solver++ 2M with this network on a 2-core CPU,
-ms per call: 5.1 (batch 1), 20 (100), 94 (1000), 1161 (10000).
+For a comparison with the official PyTorch sampler, run ``benchmarks/side_by_side.py`` (rows
+``sample_2m/B``): it times both in the same run. History, not used by this script: issue 2 quoted
+the official 15-step DPM-Solver++ 2M with this network on a 2-core CPU (load not recorded) at 5.1
+ms per call (batch 1), 20 (100), 94 (1000) and 1161 (10000).
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ import timing
 
 from cdp_jax import samplers, schedules
 from cdp_jax.networks import DQLActor
-
-TORCH_REFERENCE_MS = {1: 5.1, 100: 20.0, 1000: 94.0, 10000: 1161.0}
 
 
 def time_calls(fn, *args, repeats: int):
@@ -100,15 +100,11 @@ def main():
                        median_ms=med * 1e3, min_ms=best * 1e3, actions_per_s=batch / med,
                        repeats=reps, gflop=None if flops is None else flops / 1e9,
                        fraction_of_matmul_rate=None if flops is None else flops / best / 1e9 / rate)
-            if method == "dpm_solver_pp_2m" and batch in TORCH_REFERENCE_MS:
-                row["speedup_vs_torch_reference"] = TORCH_REFERENCE_MS[batch] / (med * 1e3)
             rows.append(row)
             print(f"{method:18s} batch {batch:6d}  compile {compile_s:6.2f}s  median "
                   f"{med * 1e3:9.3f} ms  min {best * 1e3:9.3f} ms  {batch / med:12.0f} actions/s"
                   + (f"  {row['fraction_of_matmul_rate']:.0%} of matmul rate"
-                     if row["fraction_of_matmul_rate"] is not None else "")
-                  + (f"  ({row['speedup_vs_torch_reference']:.1f}x torch ref)"
-                     if "speedup_vs_torch_reference" in row else ""), flush=True)
+                     if row["fraction_of_matmul_rate"] is not None else ""), flush=True)
 
     meta = dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
                 jax=jax.__version__, cpu=platform.processor() or platform.machine(),
