@@ -3,7 +3,10 @@
 ``metrics.csv`` has one row per logged step (column ``step`` first, then the metric names in
 sorted order, fixed by the first row). When a run resumes from step ``s``, rows after ``s``
 (written by the interrupted process after its last checkpoint) are dropped, so a resumed run's
-file reads exactly like an uninterrupted one.
+file reads exactly like an uninterrupted one. The tensorboard events get the same treatment: the
+resumed writer purges the events after ``s`` (TensorBoard hides events at or after a purge step,
+so the purge step is ``s + 1``: the scalars and the evaluation at ``s`` itself stay), and
+:meth:`RunLogger.flush` before each checkpoint puts every event up to it on disk.
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ class RunLogger:
       total_steps: gradient steps of the whole run (the progress bar's total).
       start_step: the step the run starts (or resumes) from.
       progress: show a tqdm bar.
+      resumed: a resumed run (the default: any ``start_step > 0``); its earlier events after
+        ``start_step`` are purged.
     """
 
     def __init__(self, run_dir: str | os.PathLike, total_steps: int, start_step: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, resumed: bool | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.run_dir / "metrics.csv"
@@ -56,7 +61,9 @@ class RunLogger:
             with open(self.csv_path, newline="") as f:
                 header = next(csv.reader(f), None)
             self._columns = header[1:] if header else None
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step or None)
+        resumed = start_step > 0 if resumed is None else resumed
+        self.writer = SummaryWriter(str(self.run_dir),
+                                    purge_step=start_step + 1 if resumed else None)
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not progress,
                              dynamic_ncols=True, desc="train")
         self._last_time, self._last_step = time.perf_counter(), start_step
@@ -105,6 +112,10 @@ class RunLogger:
             if new_file:
                 writer.writerow(["step", *self._columns])
             writer.writerow([step, *(repr(metrics.get(c, float("nan"))) for c in self._columns)])
+
+    def flush(self) -> None:
+        """Write the pending tensorboard events to disk."""
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.flush()
