@@ -62,8 +62,12 @@ class RunLogger:
                 header = next(csv.reader(f), None)
             self._columns = header[1:] if header else None
         resumed = start_step > 0 if resumed is None else resumed
+        # tensorboardX names the file by the second it was opened and opens it with "wb": a
+        # resume within the same second would truncate the first file. The nanosecond suffix
+        # keeps one file per writer, in the order TensorBoard reads them (by name).
         self.writer = SummaryWriter(str(self.run_dir),
-                                    purge_step=start_step + 1 if resumed else None)
+                                    purge_step=start_step + 1 if resumed else None,
+                                    filename_suffix=f".{time.time_ns()}")
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not progress,
                              dynamic_ncols=True, desc="train")
         self._last_time, self._last_step = time.perf_counter(), start_step
