@@ -552,18 +552,9 @@ def _last_checkpoint(ckpt: checkpoint.CheckpointManager) -> str:
     return f"Last checkpoint: {where} (kept unchanged; not checked for finite values)."
 
 
-def load_policy(run_dir, step: int | str | None = None):
-    """Restore a trained run for evaluation.
-
-    Args:
-      run_dir: the run directory (``runs/<name>``).
-      step: a checkpoint step, ``"best"``, or ``None`` for the latest.
-
-    Returns:
-      ``(config, agent_config, state, normalizer, meta)``.
-    """
-    config, agent_config = load_run_config(run_dir)
-    agent = get_agent(config.agent)
+def checkpoint_step(run_dir, step: int | str | None = None) -> int:
+    """The step of ``run_dir``'s checkpoint ``step`` (a step, ``"best"``, ``None``: the latest);
+    :class:`cdp_jax.checkpoint.CheckpointError` if there is no such checkpoint."""
     ckpt = checkpoint.CheckpointManager(Path(run_dir) / "checkpoints")
     steps = checkpoint.list_steps(ckpt.directory)
     if not steps:
@@ -577,6 +568,23 @@ def load_policy(run_dir, step: int | str | None = None):
     if step not in steps:
         raise checkpoint.CheckpointError(f"no checkpoint for step {step} under {ckpt.directory}; "
                                          f"have {steps}.")
+    return step
+
+
+def load_policy(run_dir, step: int | str | None = None):
+    """Restore a trained run for evaluation.
+
+    Args:
+      run_dir: the run directory (``runs/<name>``).
+      step: a checkpoint step, ``"best"``, or ``None`` for the latest.
+
+    Returns:
+      ``(config, agent_config, state, normalizer, meta)``.
+    """
+    config, agent_config = load_run_config(run_dir)
+    agent = get_agent(config.agent)
+    ckpt = checkpoint.CheckpointManager(Path(run_dir) / "checkpoints")
+    step = checkpoint_step(run_dir, step)
     meta = checkpoint.read_meta(ckpt.directory, step)
     dims = meta.get("dataset")
     if not isinstance(dims, dict) or not {"obs_dim", "action_dim"} <= set(dims):

@@ -70,15 +70,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    training.load_run_config(args.run_dir)  # a clear error if there is no run
     try:
-        config, agent_config, state, norm, meta = training.load_policy(args.run_dir,
-                                                                       args.checkpoint)
+        step = training.checkpoint_step(args.run_dir, args.checkpoint)
+        out = Path(args.run_dir) / f"eval_{step}_{args.tag}.json"
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists (an earlier evaluation of this checkpoint with "
+                                  f"tag {args.tag!r}); pass another --tag, or --overwrite to "
+                                  "replace it.")
+        config, agent_config, state, norm, meta = training.load_policy(args.run_dir, step)
     except checkpoint.CheckpointError as err:
         raise checkpoint.CheckpointError(f"{err} Choose one with --checkpoint STEP.") from None
-    out = Path(args.run_dir) / f"eval_{meta['step']}_{args.tag}.json"
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists (an earlier evaluation of this checkpoint with tag "
-                              f"{args.tag!r}); pass another --tag, or --overwrite to replace it.")
     overrides = list(args.set)
     for flag, field in (("candidates", "num_candidates"), ("noise_temperature", "noise_temperature"),
                         ("candidate_temperature", "candidate_temperature")):

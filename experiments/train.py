@@ -187,6 +187,10 @@ def main(argv=None) -> int:
         return 0
     summary = training.train(config, agent_config, args.parallel)
     ev = summary["eval"]
+    if not ev:  # a resumed run that was already at --steps and has no evaluation yet
+        print(f"nothing to train: {summary['run_dir']} is at step {summary['steps']} = --steps; "
+              "pass a larger --steps to train longer.")
+        return 0
     metric = ev["metric"]
     print(json.dumps({"last": {k: ev["last"].get(k) for k in
                                ("gradient_step", metric, "success_rate", "episodes")},
