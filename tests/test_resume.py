@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cdp_jax import checkpoint, run_directory, training
+from cdp_jax import checkpoint, multi_seed, run_directory, training
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import dql
 from cdp_jax.data.builders import pointmaze
@@ -305,3 +305,47 @@ def test_check_state_finite_names_leaves():
     with pytest.raises(training.TrainingDivergedError, match=r"\['b'\]\['c'\] after gradient "
                                                              r"step 5.*No checkpoint was written"):
         training.check_state_finite(state, 5, checkpoint.CheckpointManager("/nonexistent"))
+
+
+def test_seeds_resume_with_the_same_rules(tiny, monkeypatch):
+    """``train_seeds`` (one vmapped program, ``<run>/seed_<k>/``): conflicts refused by name,
+    --resume-from after a damaged checkpoint, one owner per seed directory."""
+    config, agent_config = tiny
+
+    def make_seeds_chunk(agent, num_updates, batch_size, per_seed_data, batch_sharding=None):
+        def one(state, key):
+            key, key_chunk = jax.random.split(key)
+            losses = jax.random.uniform(key_chunk, (num_updates,))
+            return state.replace(step=state.step + num_updates), key, {"actor/loss": losses}
+        return lambda states, arrays, num_rows, keys: jax.vmap(one)(states, keys)
+
+    def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config, seeds, step):
+        return [{"returns": [1.0], "successes": [0.0], "return_mean": 1.0, "return_std": 0.0,
+                 "success_rate": 0.0, "length_mean": 1.0, "episodes": 1} for _ in seeds]
+
+    def init_seeds(agent, keys, config, obs_dim, action_dim):  # vmap(init) compiles for ~7 s
+        states = [agent.init(k, config, obs_dim, action_dim) for k in keys]
+        return jax.tree.map(lambda *x: jnp.stack(x), *states)
+
+    monkeypatch.setattr(multi_seed, "make_seeds_chunk", make_seeds_chunk)
+    monkeypatch.setattr(multi_seed, "evaluate_seeds", evaluate_seeds)
+    monkeypatch.setattr(multi_seed, "init_seeds", init_seeds)
+    multi_seed.train_seeds(config, agent_config, (0, 1))
+    seed_dirs = [config.path / f"seed_{s}" for s in (0, 1)]
+    resume = dataclasses.replace(config, resume=True)
+    with pytest.raises(ValueError, match="batch_size: saved 32, requested 64"):
+        multi_seed.train_seeds(dataclasses.replace(resume, batch_size=64), agent_config, (0, 1))
+    with pytest.raises(FileNotFoundError, match="seed_7 does not exist"):
+        multi_seed.train_seeds(resume, agent_config, (0, 7))
+    _garble(checkpoint.step_dir(seed_dirs[1] / "checkpoints", 40))
+    with pytest.raises(checkpoint.CheckpointError, match="--resume-from 20"):
+        multi_seed.train_seeds(resume, agent_config, (0, 1))
+    with run_directory.own(seed_dirs[1]):
+        with pytest.raises(run_directory.RunLockedError, match="seed_1 is in use"):
+            multi_seed.train_seeds(dataclasses.replace(resume, resume_from=20), agent_config,
+                                   (0, 1))
+    multi_seed.train_seeds(dataclasses.replace(resume, resume_from=20), agent_config, (0, 1))
+    for run in seed_dirs:
+        assert checkpoint.list_steps(run / "checkpoints") == [20, 40]
+        assert (run / "checkpoints" / "discarded" / "step_000000040").is_dir()
+        assert _csv_steps(run) == [10, 20, 30, 40]
