@@ -201,7 +201,7 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
                         if per_seed_data else
                         [prepare_arrays(data, config.agent, agent_config, config, norms[0])]
                         * len(seeds))
-            for m in ckpts:
+            for m in ckpts if jax.process_index() == 0 else ():
                 m.discard_after(step)
         norms = [p[1] for p in prepared]
         if per_seed_data:

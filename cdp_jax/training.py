@@ -403,7 +403,8 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
             history = meta["eval_history"]
             norm = Normalizer.from_dict(meta["normalizer"])
             arrays, _ = prepare_arrays(data, config.agent, agent_config, config, norm)
-            ckpt.discard_after(step)
+            if jax.process_index() == 0:  # the one process that writes checkpoints
+                ckpt.discard_after(step)
         if jax.process_index() == 0:
             run_directory.write_json(run_dir / "config.json", config_dict(config, agent_config))
         jit_kwargs, batch_sharding = {}, None
