@@ -222,7 +222,8 @@ def test_main_command_reduced(datasets_path, tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari")}
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari"),
+           "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}  # this checkout
     cmd = [sys.executable, "experiments/train.py", "--steps", "500", "--eval-every", "250",
            "--checkpoint-every", "250", "--eval-episodes", "4", "--eval-envs", "4",
            "--build-steps", "20000", "--run-dir", str(tmp_path / "run"), "--no-progress"]
@@ -253,7 +254,7 @@ def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
     import time
 
     root = os.path.dirname(os.path.dirname(__file__))
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(datasets_path)}
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(datasets_path), "PYTHONPATH": root}
     base = [sys.executable, "experiments/train.py", "--dataset", DATASET, "--steps", "400",
             "--updates-per-call", "50", "--eval-every", "200", "--checkpoint-every", "100",
             "--eval-episodes", "2", "--eval-envs", "2", "--batch-size", "32", "--no-progress",
@@ -273,7 +274,9 @@ def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
     proc.wait()
     killed_at = checkpoint.list_steps(tmp_path / "b" / "checkpoints")
     assert killed_at and killed_at[-1] < 400
-    resumed = subprocess.run(base + ["--run-dir", str(tmp_path / "b"), "--resume"], env=env,
+    # no flag retyped: the saved config.json is the configuration of the resume
+    resumed = subprocess.run([sys.executable, "experiments/train.py", "--run-dir",
+                              str(tmp_path / "b"), "--resume"], env=env,
                              cwd=root, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
@@ -283,6 +286,9 @@ def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
     eval_a = json.loads((tmp_path / "a" / "eval.json").read_text())["evaluations"]
     eval_b = json.loads((tmp_path / "b" / "eval.json").read_text())["evaluations"]
     assert eval_a == eval_b
+    events_a, events_b = _tensorboard(tmp_path / "a"), _tensorboard(tmp_path / "b")
+    for tag in ("actor/loss", "critic/loss", "eval/normalized_score"):
+        assert events_a[tag] == events_b[tag]
 
 
 @pytest.mark.slow  # three training runs with evaluations: ~60 s on CPU
