@@ -9,9 +9,10 @@ for a bad flag):
   datasets, a run directory owned by another process, diverged training, not enough device
   memory; and ``gymnasium``'s unknown-environment errors;
 * ``ValueError``, ``FileNotFoundError`` and ``FileExistsError``, but only when a ``raise``
-  statement of this project raised them: the checks at the boundary (config validation, dataset
-  ids, run directories) do that with messages that name the field. The same types raised
-  elsewhere (a shape mismatch inside JAX, a bug) keep their traceback.
+  statement in ``cdp_jax`` or in the script's directory raised them: the checks at the boundary
+  (config validation, dataset ids, run directories) do that with messages that name the field.
+  The same types raised elsewhere (a shape mismatch inside numpy or JAX, ``int("x")``, a bug)
+  keep their traceback.
 
 Any other exception propagates unchanged, traceback and all.
 """
@@ -37,16 +38,18 @@ USER_ERRORS = {
 CHECKED_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 EXIT_USER_ERROR = 2
 
-_OURS = (Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "experiments")
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def run(main, argv=None) -> int:
     """``main(argv)``'s exit status (0 if it returns a non-integer such as ``None``), with user
     errors printed as ``error: ...`` (exit status 2)."""
+    code = getattr(main, "__code__", None)
+    script_dir = Path(code.co_filename).resolve().parent if code else None
     try:
         status = main(argv)
     except Exception as err:
-        if not is_user_error(err):
+        if not is_user_error(err, script_dir):
             raise
         sys.stdout.flush()
         message = " ".join(str(err).split()) or type(err).__name__
@@ -55,8 +58,9 @@ def run(main, argv=None) -> int:
     return status if isinstance(status, int) else 0
 
 
-def is_user_error(err: BaseException) -> bool:
-    """Whether ``err`` reports a problem with the user's input or files (see the module doc)."""
+def is_user_error(err: BaseException, script_dir: Path | None = None) -> bool:
+    """Whether ``err`` reports a problem with the user's input or files (see the module doc);
+    ``raise`` statements in ``cdp_jax`` and in ``script_dir`` (the scripts) count as checks."""
     if isinstance(err, user_error_types()):
         return True
     if not isinstance(err, CHECKED_ERRORS):
@@ -65,7 +69,8 @@ def is_user_error(err: BaseException) -> bool:
     if not frames:
         return False
     last = frames[-1]
-    if not any(Path(last.filename).resolve().is_relative_to(root) for root in _OURS):
+    ours = (_PACKAGE,) + ((script_dir,) if script_dir else ())
+    if not any(Path(last.filename).resolve().is_relative_to(root) for root in ours):
         return False
     line = last.line or linecache.getline(last.filename, last.lineno)
     return line.strip().startswith("raise")
