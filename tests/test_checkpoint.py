@@ -1,6 +1,5 @@
 """Checkpoints: bitwise round trip, never overwritten, clear errors, last N + best kept."""
 
-import os
 import subprocess
 import sys
 
@@ -161,9 +160,8 @@ try:
 except checkpoint.CheckpointError as err:
     print("error:", err, flush=True)
 """
-    root = os.path.dirname(os.path.dirname(__file__))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": root})
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "error: checkpoint" in out.stdout and "corrupted" in out.stdout
     assert "Event loop is closed" not in out.stderr and "Traceback" not in out.stderr

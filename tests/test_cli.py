@@ -58,9 +58,8 @@ def _copy(run, tmp_path):
 
 
 def _script(name, *args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's cdp_jax, not an installed one
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / f"{name}.py"), *args],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     return out.returncode, out.stderr.strip().splitlines()[-1], out.stderr
 
 

@@ -193,11 +193,16 @@ def test_tensorboard_purge_keeps_the_checkpoint_step(tmp_path):
     """The logger alone: the first writer logged up to step 30 (checkpoint at 20); the resumed
     one (from 20) hides step 30 of the first and keeps its step 20."""
     first = run_logging.RunLogger(tmp_path, 40, 0, progress=False)
+    many = {f"extra/{i}": float(i) for i in range(50)}  # more than tensorboardX's queue holds
     for step in (10, 20, 30):
-        first.log_train(step, {"loss": step})
+        first.log_train(step, {"loss": step, **many})
         if step == 20:
             first.log_eval(step, {"return_mean": 1.0})
-            first.flush()
+            first.flush()  # what training does before a checkpoint: all of it on disk now
+            on_disk = _tensorboard(tmp_path)
+            assert on_disk["loss"] == [(10, 10.0), (20, 20.0)]
+            assert on_disk["eval/return_mean"] == [(20, 1.0)]
+            assert [s for s, _ in on_disk["extra/49"]] == [10, 20]
     first.close()
     resumed = run_logging.RunLogger(tmp_path, 40, 20, progress=False)
     for step in (30, 40):
@@ -269,8 +274,7 @@ def test_a_run_directory_has_one_owner(tiny, fast_loop, tmp_path):
         [sys.executable, "-c", "import sys; from cdp_jax import run_directory\n"
          f"with run_directory.own({str(config.path)!r}):\n"
          "    print('owned', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "owned"
     with pytest.raises(run_directory.RunLockedError, match=f"pid {holder.pid}"):
         training.train(config, agent_config)

@@ -222,8 +222,7 @@ def test_main_command_reduced(datasets_path, tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari"),
-           "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}  # this checkout
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari")}
     cmd = [sys.executable, "experiments/train.py", "--steps", "500", "--eval-every", "250",
            "--checkpoint-every", "250", "--eval-episodes", "4", "--eval-envs", "4",
            "--build-steps", "20000", "--run-dir", str(tmp_path / "run"), "--no-progress"]
@@ -254,7 +253,7 @@ def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
     import time
 
     root = os.path.dirname(os.path.dirname(__file__))
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(datasets_path), "PYTHONPATH": root}
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(datasets_path)}
     base = [sys.executable, "experiments/train.py", "--dataset", DATASET, "--steps", "400",
             "--updates-per-call", "50", "--eval-every", "200", "--checkpoint-every", "100",
             "--eval-episodes", "2", "--eval-envs", "2", "--batch-size", "32", "--no-progress",
