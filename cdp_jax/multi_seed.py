@@ -35,6 +35,7 @@ from cdp_jax.training import (
     config_dict,
     eval_protocol,
     init_seeds,
+    lr_schedule_note,
     make_eval_envs,
     make_seeds_chunk,
     prepare_arrays,
@@ -229,6 +230,8 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
         if start is not None:
             for record in records:
                 record.write()  # evaluations after the checkpoint belong to the abandoned attempt
+        if note := lr_schedule_note(config, agent_config):
+            loggers[0].write(note)
         chunks, act_fn = {}, jax.jit(jax.vmap(agent.act))
         protocol = eval_protocol(config.agent, agent_config, config)
         metas = [{"config": config_dict(c, agent_config), "normalizer": n.to_dict(),

@@ -423,6 +423,8 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
             log_dir, config.steps, step, config.progress, resumed=config.resume)))
         if config.resume and start is None:
             logger.write(f"{run_dir}: no checkpoint yet; training from step 0.")
+        if note := lr_schedule_note(config, agent_config):
+            logger.write(note)
         chunks, act_fn = {}, jax.jit(agent.act)
         protocol = eval_protocol(config.agent, agent_config, config)
         meta = {"config": config_dict(config, agent_config), "normalizer": norm.to_dict(),
@@ -479,6 +481,15 @@ def resume_step(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> int 
         raise ValueError(f"Invalid steps={config.steps}: the run resumes from its checkpoint at "
                          f"step {start}; pass --steps >= {start}.")
     return start
+
+
+def lr_schedule_note(config: TrainConfig, agent_config) -> str | None:
+    """A warning when a resumed run trains past the end of its learning-rate decay."""
+    span = agent_config.lr_decay_steps
+    if config.resume and span and config.steps > span:
+        return (f"note: the cosine learning-rate decay of this run ends at step {span} (the run "
+                f"as started); the steps after it train with a learning rate of 0.")
+    return None
 
 
 def check_fresh_or_resume(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> None:

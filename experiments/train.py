@@ -31,11 +31,11 @@ given with ``--resume`` override the saved values, and only these may change: ``
 ``--eval-vector``; any other flag that differs from the saved run (``--batch-size``,
 ``--dataset``, ``--set ...``) is refused, naming each field with its saved and requested values.
 (With ``--preset`` given explicitly, the preset's values count as requested too.) The cosine
-decay of the learning rate keeps the span it was started with. ``--resume-from STEP`` (implies
-``--resume``) continues from the checkpoint at STEP instead of the latest, e.g. when the latest is
-damaged; the later checkpoints are moved to ``checkpoints/discarded/`` and the logs after STEP are
-dropped. A run directory belongs to one process at a time: a second process on it stops with an
-error.
+decay of the learning rate keeps the span it was started with: steps beyond it train at a learning
+rate of 0 (a note says so). ``--resume-from STEP`` (implies ``--resume``) continues from the
+checkpoint at STEP instead of the latest, e.g. when the latest is damaged; the later checkpoints
+are moved to ``checkpoints/discarded/`` and the logs after STEP are dropped. A run directory
+belongs to one process at a time: a second process on it stops with an error.
 
 Errors in the input (an invalid value, a missing dataset or run, a damaged checkpoint) are
 printed as one ``error: ...`` line with exit status 2.

@@ -285,13 +285,14 @@ def test_a_run_directory_has_one_owner(tiny, fast_loop, tmp_path):
     assert summary["steps"] == 40 and _csv_steps(config.path) == [10, 20, 30, 40]
 
 
-def test_resume_may_change_the_documented_fields_only(tiny, fast_loop):
+def test_resume_may_change_the_documented_fields_only(tiny, fast_loop, capsys):
     config, agent_config = tiny
     training.train(config, agent_config)
     longer = dataclasses.replace(config, resume=True, steps=60, eval_every=30,
                                  checkpoint_every=30, keep_checkpoints=4, progress=True)
     summary = training.train(longer, agent_config)  # lr_decay_steps stays the saved 40
     assert summary["steps"] == 60
+    assert "decay of this run ends at step 40" in capsys.readouterr().out
     saved_train, saved_agent = training.load_run_config(config.path)
     assert saved_train.steps == 60 and saved_agent.lr_decay_steps == 40
     assert checkpoint.list_steps(config.path / "checkpoints") == [20, 40, 60]
