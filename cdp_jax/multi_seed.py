@@ -10,6 +10,7 @@ batches over a device mesh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdp_jax import checkpoint, evaluation, parallel
+from cdp_jax import checkpoint, evaluation, parallel, run_directory
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import DATA, get_agent
 from cdp_jax.data import buffer, minari
@@ -28,15 +29,20 @@ from cdp_jax.data.normalization import Normalizer
 from cdp_jax.training import (
     TrainConfig,
     _check_finite,
+    check_fresh_or_resume,
+    check_resume,
+    check_state_finite,
     config_dict,
     eval_protocol,
     init_seeds,
-    load_run_config,
+    lr_schedule_note,
     make_eval_envs,
     make_seeds_chunk,
     prepare_arrays,
     process_dir,
     resolve_agent_config,
+    restore_for_resume,
+    resume_step,
 )
 
 
@@ -139,94 +145,127 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
     start_time = time.perf_counter()
     config.validate()
     seeds = tuple(int(s) for s in seeds)
-    agent_config = resolve_agent_config(config, agent_config)
+    configs = [seed_config(config, s) for s in seeds]
+    saved_agent = None
+    for c in configs if config.resume else ():
+        saved_agent = check_resume(c, agent_config)
+    agent_config = resolve_agent_config(config, agent_config, saved_agent)
     agent = get_agent(config.agent)
     mesh = parallel.make_mesh(parallel_mode)
     parallel.check_divisible(mesh, len(seeds) if parallel_mode == "seeds" else config.batch_size,
                              "number of seeds" if parallel_mode == "seeds" else "batch_size")
-    configs = [seed_config(config, s) for s in seeds]
     ckpts = [checkpoint.CheckpointManager(c.path / "checkpoints", keep=c.keep_checkpoints)
              for c in configs]
-    latest = [m.latest_step() for m in ckpts]
-    if any(step is not None for step in latest) and not config.resume:
-        raise FileExistsError(f"{config.path} already holds checkpoints; pass --resume to continue "
-                              "that run or choose another --name / --run-dir.")
-    if config.resume and len(set(latest)) > 1:
+    for c, m in zip(configs, ckpts, strict=True):
+        check_fresh_or_resume(c, m)
+    starts = [resume_step(c, m) for c, m in zip(configs, ckpts, strict=True)]
+    if len(set(starts)) > 1:
         raise checkpoint.CheckpointError(f"--resume: the seeds' latest checkpoints differ "
-                                         f"({dict(zip(seeds, latest, strict=True))}).")
-    if config.resume and (configs[0].path / "config.json").exists():
-        if load_run_config(configs[0].path)[1] != agent_config:
-            raise ValueError(f"--resume with a different agent config than "
-                             f"{configs[0].path}/config.json.")
+                                         f"({dict(zip(seeds, starts, strict=True))}); pass "
+                                         "--resume-from with a step all of them have.")
     per_seed_data = config.fraction is not None or config.num_episodes is not None
     datas = [minari.load(c.dataset, fraction=c.episode_fraction, num_episodes=c.num_episodes,
                          seed=c.seed)
              for c in (configs if per_seed_data else configs[:1])]
     data = datas[0]
+    prepared = ([prepare_arrays(d, config.agent, agent_config, c)
+                 for d, c in zip(datas, configs, strict=True)] if per_seed_data else
+                [prepare_arrays(data, config.agent, agent_config, config)] * len(seeds))
+    split_seeds = mesh.size if parallel_mode == "seeds" else 1
+    parallel.check_memory(max((p[0] for p in prepared), key=buffer.num_rows),
+                          config.updates_per_call, config.batch_size,
+                          mesh.size if parallel_mode == "data" else 1, -(-len(seeds) // split_seeds))
     envs = SeedBlockResets(make_eval_envs(data, dataclasses.replace(
         config, eval_envs=config.eval_envs * len(seeds))), seeds, config.eval_envs)
-    for c in configs:
-        c.path.mkdir(parents=True, exist_ok=True)
-        (c.path / "config.json").write_text(json.dumps(config_dict(c, agent_config), indent=2))
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(envs.close)
+        for c, m in zip(configs, ckpts, strict=True):
+            cleanup.enter_context(run_directory.own(process_dir(c.path)))
+            check_fresh_or_resume(c, m)  # again, now that no other process can write
+        if jax.process_index() == 0:
+            for c in configs:
+                run_directory.write_json(c.path / "config.json", config_dict(c, agent_config))
 
-    key_pairs = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
-    states = init_seeds(agent, key_pairs[:, 0], agent_config, data.obs_dim, data.act_dim)
-    key_train, step = key_pairs[:, 1], 0
-    norms, histories = [None] * len(seeds), [[] for _ in seeds]
-    if config.resume and latest[0] is not None:
-        trees, metas = zip(*[m.restore({"state": jax.tree.map(lambda x: x[0], states),
-                                        "rng": key_train[0]}) for m in ckpts], strict=True)
-        states, key_train = jax.tree.map(lambda *x: jnp.stack(x), *[t["state"] for t in trees]), \
-            jnp.stack([t["rng"] for t in trees])
-        step, histories = latest[0], [m["eval_history"] for m in metas]
-        norms = [Normalizer.from_dict(m["normalizer"]) for m in metas]
-    prepared = ([prepare_arrays(d, config.agent, agent_config, c, n)
-                 for d, c, n in zip(datas, configs, norms, strict=True)] if per_seed_data else
-                [prepare_arrays(data, config.agent, agent_config, config, norms[0])] * len(seeds))
-    norms = [p[1] for p in prepared]
-    if per_seed_data:
-        arrays, num_rows = stack_padded([p[0] for p in prepared])
-    else:
-        arrays, num_rows = prepared[0][0], np.int32(buffer.num_rows(prepared[0][0]))
-    seed_sharding = parallel.leading(mesh) if parallel_mode == "seeds" else None
-    data_sharding = seed_sharding if per_seed_data else None
-    if mesh is not None and parallel_mode == "data":
-        states, key_train = parallel.put((states, key_train), parallel.replicated(mesh))
-        data_sharding = parallel.replicated(mesh)
-    elif seed_sharding is not None:
-        states, key_train = parallel.put((states, key_train), seed_sharding)
-        data_sharding = data_sharding or parallel.replicated(mesh)
-    arrays, num_rows = parallel.put((arrays, num_rows), data_sharding)  # on device once
-    batch_sharding = parallel.batch_axis(mesh) if parallel_mode == "data" else None
-    jit_kwargs = {} if mesh is None else {"out_shardings": seed_sharding or
-                                          parallel.replicated(mesh)}
+        key_pairs = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
+        states = init_seeds(agent, key_pairs[:, 0], agent_config, data.obs_dim, data.act_dim)
+        key_train, step, start = key_pairs[:, 1], 0, starts[0]
+        histories = [[] for _ in seeds]
+        if start is not None:
+            target = {"state": jax.tree.map(lambda x: x[0], states), "rng": key_train[0]}
+            trees, metas = zip(*[restore_for_resume(m, target, start) for m in ckpts],
+                               strict=True)
+            states = jax.tree.map(lambda *x: jnp.stack(x), *[t["state"] for t in trees])
+            key_train = jnp.stack([t["rng"] for t in trees])
+            step, histories = start, [m["eval_history"] for m in metas]
+            norms = [Normalizer.from_dict(m["normalizer"]) for m in metas]
+            prepared = ([prepare_arrays(d, config.agent, agent_config, c, n)
+                         for d, c, n in zip(datas, configs, norms, strict=True)]
+                        if per_seed_data else
+                        [prepare_arrays(data, config.agent, agent_config, config, norms[0])]
+                        * len(seeds))
+            for m in ckpts if jax.process_index() == 0 else ():
+                m.discard_after(step)
+        norms = [p[1] for p in prepared]
+        if per_seed_data:
+            arrays, num_rows = stack_padded([p[0] for p in prepared])
+        else:
+            arrays, num_rows = prepared[0][0], np.int32(buffer.num_rows(prepared[0][0]))
+        seed_sharding = parallel.leading(mesh) if parallel_mode == "seeds" else None
+        data_sharding = seed_sharding if per_seed_data else None
+        if mesh is not None and parallel_mode == "data":
+            states, key_train = parallel.put((states, key_train), parallel.replicated(mesh))
+            data_sharding = parallel.replicated(mesh)
+        elif seed_sharding is not None:
+            states, key_train = parallel.put((states, key_train), seed_sharding)
+            data_sharding = data_sharding or parallel.replicated(mesh)
+        arrays, num_rows = parallel.put((arrays, num_rows), data_sharding)  # on device once
+        batch_sharding = parallel.batch_axis(mesh) if parallel_mode == "data" else None
+        jit_kwargs = {} if mesh is None else {"out_shardings": seed_sharding or
+                                              parallel.replicated(mesh)}
 
-    records = [evaluation.EvalRecord(process_dir(c.path) / "eval.json", c.running_average, h)
-               for c, h in zip(configs, histories, strict=True)]
-    loggers = [run_logging.RunLogger(process_dir(c.path), c.steps, step, c.progress and i == 0)
-               for i, c in enumerate(configs)]
-    chunks, act_fn = {}, jax.jit(jax.vmap(agent.act))
-    protocol = eval_protocol(config.agent, agent_config, config)
-    metas = [{"config": config_dict(c, agent_config), "normalizer": n.to_dict(),
-              "dataset": {"id": d.dataset_id, "obs_keys": list(d.obs_keys), "obs_dim": d.obs_dim,
-                          "action_dim": d.act_dim}}
-             for c, n, d in zip(configs, norms, datas * (len(seeds) // len(datas)), strict=True)]
-    try:
+        records = [evaluation.EvalRecord(process_dir(c.path) / "eval.json", c.running_average, h)
+                   for c, h in zip(configs, histories, strict=True)]
+        loggers = [cleanup.enter_context(contextlib.closing(run_logging.RunLogger(
+            process_dir(c.path), c.steps, step, c.progress and i == 0, resumed=c.resume)))
+            for i, c in enumerate(configs)]
+        if start is not None:
+            for record in records:
+                record.write()  # evaluations after the checkpoint belong to the abandoned attempt
+        if note := lr_schedule_note(config, agent_config):
+            loggers[0].write(note)
+        chunks, act_fn = {}, jax.jit(jax.vmap(agent.act))
+        protocol = eval_protocol(config.agent, agent_config, config)
+        metas = [{"config": config_dict(c, agent_config), "normalizer": n.to_dict(),
+                  "dataset": {"id": d.dataset_id, "obs_keys": list(d.obs_keys),
+                              "obs_dim": d.obs_dim, "action_dim": d.act_dim}}
+                 for c, n, d in zip(configs, norms, datas * (len(seeds) // len(datas)),
+                                    strict=True)]
         while step < config.steps:
             k = min(config.updates_per_call, config.steps - step)
             if k not in chunks:
                 chunks[k] = jax.jit(make_seeds_chunk(agent, k, config.batch_size, per_seed_data,
                                                      batch_sharding), **jit_kwargs)
-            new_states, new_keys, metrics = chunks[k](states, arrays, num_rows, key_train)
-            metrics = parallel.to_host(metrics)
+            try:
+                new_states, new_keys, metrics = chunks[k](states, arrays, num_rows, key_train)
+                metrics = parallel.to_host(metrics)
+            except jax.errors.JaxRuntimeError as err:
+                if (oom := parallel.out_of_memory(err, config.batch_size,
+                                                  config.updates_per_call)) is not None:
+                    raise oom from None
+                raise
             for i, ckpt in enumerate(ckpts):
                 _check_finite({name: v[i] for name, v in metrics.items()}, step, ckpt)
             states, key_train, step = new_states, new_keys, step + k
             for i, logger in enumerate(loggers):
                 logger.log_train(step, {name: np.mean(v[i]) for name, v in metrics.items()})
             last = step == config.steps
+            due_eval = (config.eval_every and step % config.eval_every == 0) or last
+            due_save = (((config.checkpoint_every and step % config.checkpoint_every == 0) or last)
+                        and jax.process_index() == 0)
+            if due_eval or due_save:  # never evaluate or save non-finite parameters
+                check_state_finite(states, step, ckpts[0])  # leaves (seeds, ...)
             scores = [None] * len(seeds)
-            if (config.eval_every and step % config.eval_every == 0) or last:
+            if due_eval:
                 # one local copy per evaluation (a sharded or multi-host state cannot feed
                 # the per-process rollout); then every env step's act stays on device
                 host_states = (parallel.put(parallel.to_host(states), None) if mesh is not None
@@ -239,18 +278,15 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
                     scores[i] = entry.get("normalized_score", entry["return_mean"])
                 loggers[0].write(f"step {step}: normalized score per seed "
                                  f"{[round(x, 1) for x in scores]}")
-            if ((config.checkpoint_every and step % config.checkpoint_every == 0) or last) \
-                    and jax.process_index() == 0:
+            if due_save:
                 host = parallel.to_host({"state": states, "rng": key_train})
                 for i, ckpt in enumerate(ckpts):
+                    loggers[i].flush()  # the events up to a checkpoint are on disk before it
                     ckpt.save(step, jax.tree.map(lambda x, i=i: x[i], host),
-                              {**metas[i], "eval_history": records[i].history}, score=scores[i])
+                              {**metas[i], "eval_history": records[i].history, "finite": True},
+                              score=scores[i])
             for logger in loggers:
                 logger.reset_timer()
-    finally:
-        for logger in loggers:
-            logger.close()
-        envs.close()
     summaries = {s: r.summary() for s, r in zip(seeds, records, strict=True)}
     finals = [e["last"][e["metric"]] for e in summaries.values() if e]
     summary = {"run_dir": str(config.path), "seeds": list(seeds), "steps": step,

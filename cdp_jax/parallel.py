@@ -13,6 +13,9 @@ Parallel modes (:data:`PARALLEL_MODES`), each a 1-d :class:`jax.sharding.Mesh` o
 With ``jax.distributed.initialize`` (:func:`setup` with ``distributed=True``) ``jax.devices()`` is
 the global device list and the same meshes span every host; arrays are assembled from each
 process's (identical) host copy by :func:`put`, and read back by :func:`to_host`.
+
+:func:`check_memory` refuses, before compilation, a batch size whose device-side batches cannot
+fit; :func:`out_of_memory` turns the allocator's error into one message naming the fields.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PARALLEL_MODES = ("none", "data", "seeds")
+
+
+class DeviceMemoryError(MemoryError):
+    """A configuration needs more device memory than there is; the message names the fields."""
+
+
 DEVICE_KINDS = ("auto", "cpu", "gpu", "tpu")
 MESH_AXIS = {"data": "batch", "seeds": "seeds"}
 
@@ -120,3 +129,72 @@ def constrain(tree, sharding: NamedSharding | None):
     if sharding is None:
         return tree
     return jax.lax.with_sharding_constraint(tree, sharding)
+
+
+def memory_available(device=None) -> int | None:
+    """Bytes free on ``device`` (default: the first one): the allocator's limit minus what is in
+    use on accelerators; the host's ``MemAvailable`` for CPU devices, which share host memory.
+    ``None`` when unknown."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(arrays: dict, num_updates: int, batch_size: int, num_devices: int = 1,
+                 num_seeds: int = 1) -> int:
+    """Refuse a configuration whose device-side data cannot fit in memory; returns the estimate.
+
+    Counted (a lower bound; network activations come on top): the dataset ``arrays`` (rows
+    ``(N, ...)``, resident on the device) and one call's batches, ``num_updates x batch_size`` rows
+    of every array gathered at once plus their int32 indices, for each of ``num_seeds`` seeds,
+    split over ``num_devices``.
+
+    Raises:
+      DeviceMemoryError: the estimate exceeds :func:`memory_available`; the message names
+        ``batch_size`` and ``updates_per_call``.
+    """
+    leaves = jax.tree.leaves(arrays)
+    row = sum(np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a)[1:])) for a in leaves)
+    dataset = sum(np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a))) for a in leaves)
+    batches = num_updates * batch_size * num_seeds * (row + 4) // num_devices
+    free = memory_available()
+    if free is not None and batches + dataset > free:
+        seeds = f" x {num_seeds} seeds" if num_seeds > 1 else ""
+        raise DeviceMemoryError(
+            f"batch_size={batch_size} x updates_per_call={num_updates}{seeds} needs at least "
+            f"{_bytes(batches)} for one call's batches (rows of {row} B) plus {_bytes(dataset)} "
+            f"of dataset on the device, which has {_bytes(free)} available; lower --batch-size "
+            "or --updates-per-call.")
+    return batches + dataset
+
+
+def out_of_memory(err: Exception, batch_size: int, num_updates: int) -> DeviceMemoryError | None:
+    """The allocator's out-of-memory error ``err`` as one message naming ``batch_size`` and
+    ``updates_per_call``; ``None`` if ``err`` is another error."""
+    text = str(err).strip()
+    if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+        return None
+    return DeviceMemoryError(
+        f"the training program for batch_size={batch_size}, updates_per_call={num_updates} does "
+        f"not fit in device memory ({text.splitlines()[0][:300]}); lower --batch-size or "
+        "--updates-per-call.")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"

@@ -9,6 +9,13 @@ tensorboard events, ``metrics.csv``, ``checkpoints/``, ``eval.json``) and resume
 PRNG key is part of the checkpoint and evaluation draws from its own key, so ``N`` steps +
 restore + ``N`` steps gives bitwise the parameters and metrics of ``2N`` straight steps.
 
+A run directory belongs to one process at a time (:func:`cdp_jax.run_directory.own`). A resumed
+run keeps its saved configuration: only the fields in :data:`RESUME_MAY_CHANGE` may differ
+(:func:`resume_configs` builds the configs of a resume from ``config.json`` plus overrides;
+:func:`check_resume` refuses a mismatch naming every field). Before compiling, :func:`train`
+checks that the batches of one call and the dataset fit in device memory; a checkpoint is written
+only if every parameter and optimiser-state value is finite.
+
 :func:`cdp_jax.multi_seed.train_seeds` trains several seeds as one vmapped program
 (:func:`make_seeds_chunk`) and writes ``runs/<name>/seed_<k>/`` as :func:`train` would for each; both
 take a ``parallel_mode`` (:mod:`cdp_jax.parallel`: batches or seeds split over a device mesh, across
@@ -17,8 +24,10 @@ hosts too).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,22 +35,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdp_jax import checkpoint, evaluation, paper, parallel
+from cdp_jax import checkpoint, evaluation, paper, parallel, run_directory
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import CONFIGS, DATA, get_agent
-from cdp_jax.agents.common import apply_overrides, config_from_dict, config_to_dict
+from cdp_jax.agents.common import (
+    apply_overrides,
+    check_finite_fields,
+    config_from_dict,
+    config_to_dict,
+)
 from cdp_jax.data import buffer, minari, protocol
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data.normalization import Normalizer
 
 
 class TrainingDivergedError(FloatingPointError):
-    """A loss or metric became NaN / inf; the message names the step and the last checkpoint."""
+    """A loss, metric or parameter became NaN / inf; the message names the step and the last
+    checkpoint."""
+
+
+# TrainConfig fields a resumed run may change (e.g. train longer, evaluate or checkpoint at another
+# cadence); every other field, and the whole agent config, must equal the saved run's. The identity
+# fields say which run and how to continue it, and are never compared.
+RESUME_MAY_CHANGE = ("steps", "eval_every", "checkpoint_every", "keep_checkpoints", "progress",
+                     "eval_vector")
+RUN_IDENTITY = ("name", "run_dir", "resume", "resume_from")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything about a run except the agent's hyperparameters."""
+    """Everything about a run except the agent's hyperparameters.
+
+    ``resume`` continues the run in :attr:`path` from its latest checkpoint (``resume_from``: from
+    that step; later checkpoints are moved to ``checkpoints/discarded/``). A resumed run must
+    match its saved ``config.json`` except in :data:`RESUME_MAY_CHANGE`.
+    """
 
     name: str = "quickstart"
     agent: str = "dql"
@@ -67,9 +95,19 @@ class TrainConfig:
     max_episode_steps: int | None = None  # evaluation cap on top of the env's own time limit
     run_dir: str | None = None  # default runs/<name>
     resume: bool = False
+    resume_from: int | None = None  # with resume: this checkpoint step instead of the latest
     progress: bool = True
 
     def validate(self) -> TrainConfig:
+        check_finite_fields(self)
+        if not self.name.strip() or self.name in (".", "..") or any(
+                sep and sep in self.name for sep in (os.sep, os.altsep, "/")):
+            raise ValueError(f"Invalid name={self.name!r}; must be a plain directory name under "
+                             "runs/ (no path separator, not empty); use run_dir (--run-dir) for "
+                             "a path.")
+        if self.resume_from is not None and (self.resume_from < 0 or not self.resume):
+            raise ValueError(f"Invalid resume_from={self.resume_from!r}; must be a checkpoint "
+                             "step >= 0, with resume=True.")
         if self.agent not in CONFIGS:
             raise ValueError(f"Invalid agent={self.agent!r}; expected one of {sorted(CONFIGS)}.")
         for field in ("steps", "batch_size", "updates_per_call", "eval_episodes", "eval_envs",
@@ -266,10 +304,15 @@ def run_evaluation(act_fn, agent_name, state, data, norm, envs, config: TrainCon
 # ----------------------------------------------------------------------------- host loop
 
 
-def resolve_agent_config(config: TrainConfig, agent_config):
-    """Fill run-dependent defaults: the cosine learning-rate decay spans the whole run."""
+def resolve_agent_config(config: TrainConfig, agent_config, saved_agent=None):
+    """Fill run-dependent defaults: the cosine learning-rate decay spans the whole run (a resumed
+    run keeps the span it was started with, ``saved_agent``'s, even if ``steps`` grows)."""
     if agent_config.lr_decay_steps is None:
-        agent_config = dataclasses.replace(agent_config, lr_decay_steps=config.steps)
+        span = config.steps
+        if saved_agent is not None and saved_agent.lr_decay_steps is not None:
+            span = saved_agent.lr_decay_steps
+        agent_config = dataclasses.replace(agent_config, lr_decay_steps=span)
+    check_finite_fields(agent_config)
     return agent_config.validate()
 
 
@@ -278,10 +321,65 @@ def config_dict(config: TrainConfig, agent_config) -> dict:
 
 
 def load_run_config(run_dir) -> tuple[TrainConfig, object]:
-    """``(TrainConfig, agent config)`` from ``run_dir/config.json``."""
-    data = json.loads((Path(run_dir) / "config.json").read_text())
-    config = config_from_dict(TrainConfig, data["train"])
-    return config, config_from_dict(CONFIGS[config.agent], data["agent"])
+    """``(TrainConfig, agent config)`` from ``run_dir/config.json``.
+
+    Raises:
+      FileNotFoundError: ``run_dir`` holds no run (the message names the path).
+      ValueError: ``config.json`` is unreadable.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        what = "does not exist" if not run_dir.exists() else "holds no run (no config.json)"
+        seeds = sorted(p.name for p in run_dir.glob("seed_*") if (p / "config.json").is_file())
+        hint = f"; it holds the seeds {seeds} of a --seeds run" if seeds else ""
+        raise FileNotFoundError(f"run directory {run_dir.absolute()} {what}{hint}.")
+    try:
+        data = json.loads(path.read_text())
+        config = config_from_dict(TrainConfig, data["train"])
+        return config, config_from_dict(CONFIGS[config.agent], data["agent"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path.absolute()} is unreadable ({type(err).__name__}: {err}).") from None
+
+
+def resume_configs(run_dir, train_overrides: dict | None = None,
+                   agent_overrides: list[str] | tuple = ()) -> tuple[TrainConfig, object]:
+    """The configs that resume the run in ``run_dir``: its saved ``config.json`` with
+    ``train_overrides`` (TrainConfig fields) and ``agent_overrides`` (``"field=value"``) applied.
+
+    Only what is overridden can differ from the saved run; :func:`check_resume` (called by
+    :func:`train`) refuses overrides outside :data:`RESUME_MAY_CHANGE`, naming them.
+    """
+    saved, saved_agent = load_run_config(run_dir)
+    overrides = {"resume_from": None, **(train_overrides or {})}
+    overrides.update(run_dir=str(run_dir), resume=True)
+    config = dataclasses.replace(saved, **overrides)
+    if config.agent != saved.agent:
+        raise ValueError(f"--resume: {run_dir} is a run of agent={saved.agent!r}, not "
+                         f"{config.agent!r}; start a new run (another --name / --run-dir).")
+    return config.validate(), apply_overrides(saved_agent, agent_overrides).validate()
+
+
+def check_resume(config: TrainConfig, agent_config):
+    """For ``config.resume``: the run in ``config.path`` must exist and have been trained with the
+    same configuration up to :data:`RESUME_MAY_CHANGE`. Returns the saved agent config.
+
+    Raises:
+      FileNotFoundError: no run there.
+      ValueError: the configurations differ; the message names each field with both values.
+    """
+    saved, saved_agent = load_run_config(config.path)
+    requested = resolve_agent_config(config, agent_config, saved_agent)
+    changes = run_directory.config_changes(saved, config, ignore=RESUME_MAY_CHANGE + RUN_IDENTITY)
+    if saved.agent == config.agent:
+        changes += run_directory.config_changes(saved_agent, requested, prefix="agent.")
+    if changes:
+        raise ValueError(
+            f"--resume: {config.path} was trained with another configuration: "
+            f"{'; '.join(changes)}. Drop these settings to continue with the saved ones, or start "
+            f"a new run (another --name / --run-dir); a resume may change only "
+            f"{', '.join(RESUME_MAY_CHANGE)}.")
+    return saved_agent
 
 
 def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dict:
@@ -290,6 +388,12 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
     ``parallel_mode="data"`` replicates the state and the dataset over all devices (all hosts
     after ``jax.distributed.initialize``) and splits every batch across them; the result equals
     the single-device run up to float reassociation. Only process 0 writes checkpoints.
+
+    Raises, before any compilation: ``ValueError`` for an invalid configuration or, on resume, one
+    that differs from the saved run's; ``FileNotFoundError`` (resume: no run there) or
+    ``FileExistsError`` (no resume: a run is there); :class:`cdp_jax.run_directory.RunLockedError`
+    (another process owns the run directory); :class:`cdp_jax.parallel.DeviceMemoryError`;
+    :class:`cdp_jax.checkpoint.CheckpointError`. While training: :class:`TrainingDivergedError`.
     """
     start_time = time.perf_counter()
     config.validate()
@@ -298,65 +402,85 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
                          "cdp_jax.multi_seed.train_seeds.")
     mesh = parallel.make_mesh(parallel_mode)
     parallel.check_divisible(mesh, config.batch_size, "batch_size")
-    agent_config = resolve_agent_config(config, agent_config)
+    saved_agent = check_resume(config, agent_config) if config.resume else None
+    agent_config = resolve_agent_config(config, agent_config, saved_agent)
     agent = get_agent(config.agent)
     run_dir = config.path
     ckpt = checkpoint.CheckpointManager(run_dir / "checkpoints", keep=config.keep_checkpoints)
-    if ckpt.latest_step() is not None and not config.resume:
-        raise FileExistsError(f"{run_dir} already holds checkpoints; pass --resume to continue "
-                              "that run or choose another --name / --run-dir.")
-    if config.resume and (run_dir / "config.json").exists():
-        _, saved_agent = load_run_config(run_dir)
-        if saved_agent != agent_config:
-            raise ValueError(f"--resume with a different agent config than {run_dir}/config.json.")
+    check_fresh_or_resume(config, ckpt)
 
     data = minari.load(config.dataset, fraction=config.episode_fraction,
                        num_episodes=config.num_episodes, seed=config.seed)
     arrays, norm = prepare_arrays(data, config.agent, agent_config, config)
+    parallel.check_memory(arrays, config.updates_per_call, config.batch_size,
+                          1 if mesh is None else mesh.size)
     envs = make_eval_envs(data, config)  # fails on a dimension mismatch before any compilation
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config_dict(config, agent_config), indent=2))
-
-    key_init, key_train = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = agent.init(key_init, agent_config, data.obs_dim, data.act_dim)
-    history, step = [], 0
-    if config.resume and ckpt.latest_step() is not None:
-        tree, meta = ckpt.restore({"state": state, "rng": key_train})
-        state, key_train, step = tree["state"], tree["rng"], int(meta["step"])
-        history = meta["eval_history"]
-        norm = Normalizer.from_dict(meta["normalizer"])
-        arrays, _ = prepare_arrays(data, config.agent, agent_config, config, norm)
-    jit_kwargs, batch_sharding = {}, None
-    if mesh is None:
-        arrays = buffer.to_device(arrays)
-    else:  # placed once, replicated; the chunk splits each batch over the mesh
-        arrays, state, key_train = parallel.put((arrays, state, key_train),
-                                                parallel.replicated(mesh))
-        jit_kwargs = {"out_shardings": parallel.replicated(mesh)}
-        batch_sharding = parallel.batch_axis(mesh)
-    log_dir = process_dir(run_dir)
-    record = evaluation.EvalRecord(log_dir / "eval.json", config.running_average, history)
-    logger = run_logging.RunLogger(log_dir, config.steps, step, config.progress)
-    chunks, act_fn = {}, jax.jit(agent.act)
-    protocol = eval_protocol(config.agent, agent_config, config)
-    meta = {"config": config_dict(config, agent_config), "normalizer": norm.to_dict(),
-            "dataset": {"id": data.dataset_id, "obs_keys": list(data.obs_keys),
-                        "obs_dim": data.obs_dim, "action_dim": data.act_dim}}
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(envs.close)
+        cleanup.enter_context(run_directory.own(process_dir(run_dir)))
+        check_fresh_or_resume(config, ckpt)  # again, now that no other process can write
+        key_init, key_train = jax.random.split(jax.random.PRNGKey(config.seed))
+        state = agent.init(key_init, agent_config, data.obs_dim, data.act_dim)
+        history, step = [], 0
+        start = resume_step(config, ckpt)
+        if start is not None:
+            tree, meta = restore_for_resume(ckpt, {"state": state, "rng": key_train}, start)
+            state, key_train, step = tree["state"], tree["rng"], int(meta["step"])
+            history = meta["eval_history"]
+            norm = Normalizer.from_dict(meta["normalizer"])
+            arrays, _ = prepare_arrays(data, config.agent, agent_config, config, norm)
+            if jax.process_index() == 0:  # the one process that writes checkpoints
+                ckpt.discard_after(step)
+        if jax.process_index() == 0:
+            run_directory.write_json(run_dir / "config.json", config_dict(config, agent_config))
+        jit_kwargs, batch_sharding = {}, None
+        if mesh is None:
+            arrays = buffer.to_device(arrays)
+        else:  # placed once, replicated; the chunk splits each batch over the mesh
+            arrays, state, key_train = parallel.put((arrays, state, key_train),
+                                                    parallel.replicated(mesh))
+            jit_kwargs = {"out_shardings": parallel.replicated(mesh)}
+            batch_sharding = parallel.batch_axis(mesh)
+        log_dir = process_dir(run_dir)
+        record = evaluation.EvalRecord(log_dir / "eval.json", config.running_average, history)
+        if start is not None:
+            record.write()  # evaluations after the checkpoint belong to the abandoned attempt
+        logger = cleanup.enter_context(contextlib.closing(run_logging.RunLogger(
+            log_dir, config.steps, step, config.progress, resumed=config.resume)))
+        if config.resume and start is None:
+            logger.write(f"{run_dir}: no checkpoint yet; training from step 0.")
+        if note := lr_schedule_note(config, agent_config):
+            logger.write(note)
+        chunks, act_fn = {}, jax.jit(agent.act)
+        protocol = eval_protocol(config.agent, agent_config, config)
+        meta = {"config": config_dict(config, agent_config), "normalizer": norm.to_dict(),
+                "dataset": {"id": data.dataset_id, "obs_keys": list(data.obs_keys),
+                            "obs_dim": data.obs_dim, "action_dim": data.act_dim}}
         while step < config.steps:
             k = min(config.updates_per_call, config.steps - step)
             if k not in chunks:
                 chunks[k] = jax.jit(make_train_chunk(agent, k, config.batch_size, batch_sharding),
                                     **jit_kwargs)
             key_train, key_chunk = jax.random.split(key_train)
-            new_state, metrics = chunks[k](state, arrays, key_chunk)
-            metrics = parallel.to_host(metrics)
+            try:
+                new_state, metrics = chunks[k](state, arrays, key_chunk)
+                metrics = parallel.to_host(metrics)
+            except jax.errors.JaxRuntimeError as err:
+                if (oom := parallel.out_of_memory(err, config.batch_size,
+                                                config.updates_per_call)) is not None:
+                    raise oom from None
+                raise
             _check_finite(metrics, step, ckpt)
             state, step = new_state, step + k
             logger.log_train(step, {name: np.mean(v) for name, v in metrics.items()})
             last = step == config.steps
+            due_eval = (config.eval_every and step % config.eval_every == 0) or last
+            due_save = (((config.checkpoint_every and step % config.checkpoint_every == 0) or last)
+                        and jax.process_index() == 0)
+            if due_eval or due_save:  # never evaluate or save non-finite parameters
+                check_state_finite(state, step, ckpt)
             score = None
-            if (config.eval_every and step % config.eval_every == 0) or last:
+            if due_eval:
                 result = run_evaluation(act_fn, config.agent, state, data, norm, envs, config,
                                         step)
                 entry = record.add(step, result, protocol)
@@ -364,16 +488,53 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
                 score = entry.get("normalized_score", entry["return_mean"])
                 logger.write(f"step {step}: normalized score {score:.1f}, success rate "
                              f"{entry['success_rate']:.2f}")
-            if ((config.checkpoint_every and step % config.checkpoint_every == 0) or last) \
-                    and jax.process_index() == 0:
+            if due_save:
+                logger.flush()  # the events up to a checkpoint are on disk before it exists
                 ckpt.save(step, parallel.to_host({"state": state, "rng": key_train}),
-                          {**meta, "eval_history": record.history}, score=score)
+                          {**meta, "eval_history": record.history, "finite": True}, score=score)
             logger.reset_timer()
-    finally:
-        logger.close()
-        envs.close()
     return {"run_dir": str(run_dir), "steps": step, "wall_time_s": time.perf_counter() - start_time,
             "eval": record.summary(), "checkpoints": str(ckpt.directory)}
+
+
+def resume_step(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> int | None:
+    """The checkpoint step a run continues from: ``resume_from`` or the latest (``None``: a new
+    run, or a resumed one that wrote no checkpoint yet). Refuses ``steps`` below it."""
+    if not config.resume:
+        return None
+    start = config.resume_from if config.resume_from is not None else ckpt.latest_step()
+    if start is not None and start > config.steps:
+        raise ValueError(f"Invalid steps={config.steps}: the run resumes from its checkpoint at "
+                         f"step {start}; pass --steps >= {start}.")
+    return start
+
+
+def lr_schedule_note(config: TrainConfig, agent_config) -> str | None:
+    """A warning when a resumed run trains past the end of its learning-rate decay."""
+    span = agent_config.lr_decay_steps
+    if config.resume and span and config.steps > span:
+        return (f"note: the cosine learning-rate decay of this run ends at step {span} (the run "
+                f"as started); the steps after it train with a learning rate of 0.")
+    return None
+
+
+def check_fresh_or_resume(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> None:
+    if ckpt.latest_step() is not None and not config.resume:
+        raise FileExistsError(f"{config.path} already holds checkpoints; pass --resume to "
+                              "continue that run or choose another --name / --run-dir.")
+
+
+def restore_for_resume(ckpt: checkpoint.CheckpointManager, target, step: int):
+    """:meth:`CheckpointManager.restore`, with how to go on from an earlier checkpoint."""
+    try:
+        return ckpt.restore(target, step)
+    except checkpoint.CheckpointError as err:
+        earlier = [s for s in checkpoint.list_steps(ckpt.directory) if s < step]
+        if not earlier:
+            raise
+        raise checkpoint.CheckpointError(
+            f"{err} To continue from an earlier one: --resume --resume-from {earlier[-1]} (the "
+            f"later checkpoints are moved to {ckpt.directory}/discarded/).") from None
 
 
 def process_dir(run_dir: Path) -> Path:
@@ -388,11 +549,64 @@ def _check_finite(metrics: dict, step: int, ckpt: checkpoint.CheckpointManager) 
         bad = ~np.isfinite(np.asarray(values))
         if bad.any():
             at = step + int(np.argmax(bad)) + 1
-            last = ckpt.latest_step()
-            where = f"{ckpt.directory}/step_{last:09d}" if last is not None else "none written"
             raise TrainingDivergedError(
-                f"non-finite {name} at gradient step {at}; training stopped. Last good "
-                f"checkpoint: {where} (kept unchanged).")
+                f"non-finite {name} at gradient step {at}; training stopped. "
+                f"{_last_checkpoint(ckpt)}")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def check_state_finite(state, step: int, ckpt: checkpoint.CheckpointManager) -> None:
+    """Raise :class:`TrainingDivergedError` naming the leaves (parameters, EMA, targets,
+    optimiser state) of ``state`` that hold NaN / inf after gradient step ``step``."""
+    if bool(_all_finite(state)):
+        return
+    flat, _ = jax.tree_util.tree_flatten_with_path(parallel.to_host(state))
+    bad = [jax.tree_util.keystr(path) for path, x in flat
+           if np.issubdtype(np.asarray(x).dtype, np.inexact) and not np.isfinite(x).all()]
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    raise TrainingDivergedError(
+        f"non-finite values in {shown} after gradient step {step}; training stopped, no "
+        f"checkpoint written for it. {_last_checkpoint(ckpt)}")
+
+
+def _last_checkpoint(ckpt: checkpoint.CheckpointManager) -> str:
+    """The last checkpoint, called good only if its save checked the state finite."""
+    last = ckpt.latest_step()
+    if last is None:
+        return "No checkpoint was written."
+    where = checkpoint.step_dir(ckpt.directory, last)
+    try:
+        checked = checkpoint.read_meta(ckpt.directory, last).get("finite") is True
+    except checkpoint.CheckpointError:
+        checked = False
+    if checked:
+        return f"Last good checkpoint (finite when saved): {where} (kept unchanged)."
+    return f"Last checkpoint: {where} (kept unchanged; not checked for finite values)."
+
+
+def checkpoint_step(run_dir, step: int | str | None = None) -> int:
+    """The step of ``run_dir``'s checkpoint ``step`` (a step, ``"best"``, ``None``: the latest);
+    :class:`cdp_jax.checkpoint.CheckpointError` if there is no such checkpoint."""
+    ckpt = checkpoint.CheckpointManager(Path(run_dir) / "checkpoints")
+    steps = checkpoint.list_steps(ckpt.directory)
+    if not steps:
+        raise checkpoint.CheckpointError(f"no checkpoint under {ckpt.directory}.")
+    if step == "best":
+        if ckpt.best is None:
+            raise checkpoint.CheckpointError(f"{ckpt.directory} has no best.json (no evaluated "
+                                             f"checkpoint); checkpoints: {steps}.")
+        step = ckpt.best["step"]
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        raise checkpoint.CheckpointError(f"no checkpoint for step {step} under {ckpt.directory}; "
+                                         f"have {steps}.")
+    return step
 
 
 def load_policy(run_dir, step: int | str | None = None):
@@ -408,15 +622,13 @@ def load_policy(run_dir, step: int | str | None = None):
     config, agent_config = load_run_config(run_dir)
     agent = get_agent(config.agent)
     ckpt = checkpoint.CheckpointManager(Path(run_dir) / "checkpoints")
-    if step == "best":
-        best = ckpt.best
-        step = best["step"] if best else None
-    latest = ckpt.latest_step()
-    if latest is None:
-        raise checkpoint.CheckpointError(f"no checkpoint under {ckpt.directory}.")
-    meta = json.loads((checkpoint.step_dir(ckpt.directory, step or latest) / "meta.json")
-                      .read_text())
-    dims = meta["dataset"]
+    step = checkpoint_step(run_dir, step)
+    meta = checkpoint.read_meta(ckpt.directory, step)
+    dims = meta.get("dataset")
+    if not isinstance(dims, dict) or not {"obs_dim", "action_dim"} <= set(dims):
+        raise checkpoint.CheckpointError(
+            f"checkpoint {checkpoint.step_dir(ckpt.directory, step)} is damaged: its meta.json "
+            "lacks the dataset dimensions.")
     template = {"state": agent.init(jax.random.PRNGKey(0), agent_config, dims["obs_dim"],
                                     dims["action_dim"]), "rng": jax.random.PRNGKey(0)}
     tree, meta = ckpt.restore(template, step)

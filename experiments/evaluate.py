@@ -6,7 +6,11 @@
     python experiments/evaluate.py runs/quickstart --set sampler=ddim --set sampler_steps=10
 
 Writes ``<run>/eval_<checkpoint step>_<tag>.json`` with the protocol next to every number and
-prints the normalised score and success rate.
+prints the normalised score and success rate. An existing result is never replaced silently: give
+each protocol its own ``--tag`` (e.g. ``--tag ddim10``), or pass ``--overwrite``.
+
+Errors in the input (a missing run, a bad ``--checkpoint``, a damaged checkpoint, an invalid
+value) are printed as one ``error: ...`` line with exit status 2.
 """
 
 from __future__ import annotations
@@ -19,16 +23,30 @@ from pathlib import Path
 
 import jax
 
-from cdp_jax import evaluation, training
+from cdp_jax import checkpoint, cli, evaluation, training
 from cdp_jax.agents import common
 from cdp_jax.data import minari
+
+
+def checkpoint_arg(text: str):
+    """``--checkpoint``: ``latest`` (``None``), ``best`` or a gradient step >= 0."""
+    if text in ("latest", "best"):
+        return None if text == "latest" else text
+    try:
+        step = int(text)
+    except ValueError:
+        step = -1
+    if step < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected 'latest', 'best' or "
+                                         "a gradient step (an integer >= 0)")
+    return step
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a run directory written by experiments/train.py")
-    parser.add_argument("--checkpoint", default="latest",
+    parser.add_argument("--checkpoint", default=None, type=checkpoint_arg,
                         help="'latest', 'best' or a gradient step (default: latest)")
     parser.add_argument("--episodes", type=int, default=None, help="default: the run's")
     parser.add_argument("--envs", type=int, default=None, help="parallel envs; default: the run's")
@@ -42,14 +60,27 @@ def parse_args(argv=None):
                         help="override an agent field used by act (sampler, sampler_steps, ...)")
     parser.add_argument("--seed", type=int, default=None, help="evaluation seed")
     parser.add_argument("--tag", default="eval", help="suffix of the output file name")
-    return parser.parse_args(argv)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing result file of the same checkpoint and tag")
+    args = parser.parse_args(argv)
+    if not args.tag or any(c in args.tag for c in "/\\") or args.tag in (".", ".."):
+        parser.error(f"argument --tag: invalid value {args.tag!r}: a plain file-name part")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    step = None if args.checkpoint == "latest" else (
-        "best" if args.checkpoint == "best" else int(args.checkpoint))
-    config, agent_config, state, norm, meta = training.load_policy(args.run_dir, step)
+    training.load_run_config(args.run_dir)  # a clear error if there is no run
+    try:
+        step = training.checkpoint_step(args.run_dir, args.checkpoint)
+        out = Path(args.run_dir) / f"eval_{step}_{args.tag}.json"
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists (an earlier evaluation of this checkpoint with "
+                                  f"tag {args.tag!r}); pass another --tag, or --overwrite to "
+                                  "replace it.")
+        config, agent_config, state, norm, meta = training.load_policy(args.run_dir, step)
+    except checkpoint.CheckpointError as err:
+        raise checkpoint.CheckpointError(f"{err} Choose one with --checkpoint STEP.") from None
     overrides = list(args.set)
     for flag, field in (("candidates", "num_candidates"), ("noise_temperature", "noise_temperature"),
                         ("candidate_temperature", "candidate_temperature")):
@@ -71,7 +102,6 @@ def main(argv=None) -> int:
     finally:
         envs.close()
     protocol = training.eval_protocol(config.agent, agent_config, config)
-    out = Path(args.run_dir) / f"eval_{meta['step']}_{args.tag}.json"
     record = evaluation.EvalRecord(out, average_last=1)
     entry = record.add(meta["step"], result, protocol)
     key = "normalized_score" if "normalized_score" in entry else "return_mean"
@@ -84,4 +114,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pointmaze_study as study  # noqa: E402
 
+from cdp_jax import cli  # noqa: E402
+
 ROOT = study.ROOT
 TASKS = {"push": "cdp/fetch/push-v0", "pickandplace": "cdp/fetch/pickandplace-v0"}
 # The piloted chunk setting (tests/test_fetch.py): history 2, horizon 16, 8 executed, 10 steps.
@@ -106,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

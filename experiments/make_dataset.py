@@ -25,6 +25,7 @@ import sys
 
 from tqdm import tqdm
 
+from cdp_jax import cli
 from cdp_jax.data import d4rl
 from cdp_jax.data.builders import fetch, locomotion, pointmaze, random_policy
 
@@ -166,4 +167,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from cdp_jax import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"umaze": "cdp/pointmaze/umaze-v0", "medium": "cdp/pointmaze/medium-v0"}
 STUDIES = ("offline_rl", "imitation", "ablations")
@@ -411,4 +413,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdp_jax import stats  # noqa: E402
+from cdp_jax import cli, stats  # noqa: E402
 
 ARM_COLORS = {"vanilla": "tab:gray", "cdp": "tab:blue"}
 KEYS = (("running_average", "normalized_score"), ("last", "normalized_score"),
@@ -310,4 +310,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

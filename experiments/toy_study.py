@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cdp_jax import contraction, contraction_diagnostics, samplers, stats, training
+from cdp_jax import cli, contraction, contraction_diagnostics, samplers, stats, training
 from cdp_jax.agents import common, dbc
 from cdp_jax.data import toy
 
@@ -240,4 +241,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

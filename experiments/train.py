@@ -14,6 +14,8 @@ the logs and checkpoints went (``runs/quickstart/``)::
     python experiments/train.py --preset paper-il --dataset cdp/fetch/push-v0
     python experiments/train.py --set eta=2.0 --set contraction.penalty=frobenius
     python experiments/train.py --name quickstart --resume        # continue after an interruption
+    python experiments/train.py --name quickstart --resume --steps 6000   # train it longer
+    python experiments/train.py --name quickstart --resume-from 2000  # from an earlier checkpoint
     python experiments/train.py --seeds 0-9 --fraction 0.1   # 10 seeds in one jitted program
     python experiments/train.py --seeds 0-7 --parallel seeds # seeds split across the devices
     python experiments/train.py --parallel data --device gpu # each batch split across GPUs
@@ -31,18 +33,35 @@ process per host, cluster settings from the environment), then the same meshes s
 
 Every ``TrainConfig`` field is a flag (``--eval-every``, ``--batch-size``, ...); every agent field
 is reachable with ``--set FIELD=VALUE`` (nested: ``--set contraction.window=1.0``).
+
+Resuming: ``--resume`` continues the run in ``runs/<name>`` (or ``--run-dir``) from its latest
+checkpoint, with the configuration saved in its ``config.json``: no flag needs retyping. Flags
+given with ``--resume`` override the saved values, and only these may change: ``--steps``,
+``--eval-every``, ``--checkpoint-every``, ``--keep-checkpoints``, ``--progress`` and
+``--eval-vector``; any other flag that differs from the saved run (``--batch-size``,
+``--dataset``, ``--set ...``) is refused, naming each field with its saved and requested values.
+(With ``--preset`` given explicitly, the preset's values count as requested too.) The cosine
+decay of the learning rate keeps the span it was started with: steps beyond it train at a learning
+rate of 0 (a note says so). ``--resume-from STEP`` (implies ``--resume``) continues from the
+checkpoint at STEP instead of the latest, e.g. when the latest is damaged; the later checkpoints
+are moved to ``checkpoints/discarded/`` and the logs after STEP are dropped. A run directory
+belongs to one process at a time: a second process on it stops with an error.
+
+Errors in the input (an invalid value, a missing dataset or run, a damaged checkpoint) are
+printed as one ``error: ...`` line with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 import tqdm
 
-from cdp_jax import multi_seed, paper, parallel, training
+from cdp_jax import cli, multi_seed, paper, parallel, training
 from cdp_jax.agents import CONFIGS, common
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
@@ -56,13 +75,25 @@ BUILDABLE = {"cdp/pointmaze/umaze-v0": "umaze", "cdp/pointmaze/medium-v0": "medi
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="quickstart", choices=sorted(training.PRESETS),
-                        help="named configuration the other flags override (default: "
-                             "quickstart; paper / paper-il: the official CDP pipeline)")
+    parser.add_argument("--preset", default=None, choices=sorted(training.PRESETS),
+                        help="named configuration the other flags override (default: quickstart; "
+                             "paper / paper-il: the official CDP pipeline; with --resume: the "
+                             "run's saved config.json)")
     defaults = training.TrainConfig()
     for field, kind in common.field_types(training.TrainConfig).items():
         flag = "--" + field.replace("_", "-")
-        if field == "agent":
+        if field == "resume":
+            parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                                help="continue the run in runs/<name> (or --run-dir) from its "
+                                     "latest checkpoint with its saved configuration; other "
+                                     "flags override it, but only "
+                                     f"{', '.join(training.RESUME_MAY_CHANGE)} may change")
+        elif field == "resume_from":
+            parser.add_argument("--resume-from", type=str, default=None, metavar="STEP",
+                                help="with --resume (implied): continue from the checkpoint at "
+                                     "STEP instead of the latest (e.g. the latest is damaged); "
+                                     "later checkpoints move to checkpoints/discarded/")
+        elif field == "agent":
             parser.add_argument("--agent", choices=sorted(CONFIGS), default=None,
                                 help="dql: EDP + Diffusion-QL (default); dbc: diffusion BC; "
                                      "idql: IQL critic + resampled diffusion BC")
@@ -94,25 +125,37 @@ def parse_args(argv=None):
 
 
 def make_configs(args):
-    """(TrainConfig, agent config) from the preset and the flags; validated before any compile."""
+    """(TrainConfig, agent config) from the preset and the flags; validated before any compile.
+
+    With ``--resume`` (and no explicit ``--preset``): the run's saved configuration, overridden by
+    the flags given (:func:`cdp_jax.training.resume_configs`).
+    """
     overrides = {}
     for field in common.field_types(training.TrainConfig):
         value = getattr(args, field)
         if value is not None:
             overrides[field] = (value if isinstance(value, bool) else
                                 common.parse_field_value(training.TrainConfig, field, value))
-    agent = overrides.pop("agent", None)
-    default_agent = next(k for k in training.PRESETS[args.preset] if k != "train")
-    if agent not in (None, default_agent):
-        overrides.setdefault("name", f"{args.preset}_{agent}")
-    agent_overrides = []
+    if overrides.get("resume_from") is not None:
+        overrides["resume"] = True
+    agent_sets = list(args.set)
     if args.contraction_weight is not None:
-        agent_overrides.append(f"contraction.weight={args.contraction_weight}")
+        agent_sets.insert(0, f"contraction.weight={args.contraction_weight}")
     if args.candidates is not None:
-        agent_overrides.append(f"num_candidates={args.candidates}")
-    config, agent_config = training.preset(args.preset, agent, [*agent_overrides, *args.set],
-                                           **overrides)
-    return config, agent_config
+        agent_sets.insert(0, f"num_candidates={args.candidates}")
+    preset = args.preset or "quickstart"
+    default_agent = next(k for k in training.PRESETS[preset] if k != "train")
+    agent = overrides.get("agent", default_agent)
+    name = overrides.get("name", preset if agent == default_agent else f"{preset}_{agent}")
+    if overrides.get("resume") and args.preset is None:
+        run_dir = training.TrainConfig(name=name, run_dir=overrides.get("run_dir")).validate().path
+        saved_dir = run_dir
+        if args.seeds is not None:  # each seed's config.json: the first seed's stands for all
+            saved_dir = run_dir / f"seed_{multi_seed.parse_seeds(args.seeds)[0]}"
+        config, agent_config = training.resume_configs(saved_dir, overrides, agent_sets)
+        return dataclasses.replace(config, run_dir=str(run_dir)).validate(), agent_config
+    overrides.pop("agent", None)
+    return training.preset(preset, agent, agent_sets, **{"name": name, **overrides})
 
 
 def ensure_dataset(dataset_id: str, build_steps: int) -> None:
@@ -136,11 +179,14 @@ def main(argv=None) -> int:
     config, agent_config = make_configs(args)
     seeds = multi_seed.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.parallel == "seeds" and seeds is None:
-        raise SystemExit("--parallel seeds needs --seeds (e.g. --seeds 0-3).")
+        raise ValueError("--parallel seeds needs --seeds (e.g. --seeds 0-3).")
     try:
         print(parallel.setup(args.device, args.distributed), flush=True)
     except RuntimeError as err:  # asked for an accelerator JAX cannot see: no silent CPU run
-        raise SystemExit(f"error: {err}") from None
+        raise ValueError(str(err)) from None
+    if config.resume:  # refuse a mismatched resume before building anything
+        for c in [multi_seed.seed_config(config, s) for s in seeds] if seeds else [config]:
+            training.check_resume(c, agent_config)
     if args.preset == "paper":
         print(paper.describe_task_values(config, agent_config), flush=True)
     ensure_dataset(config.dataset, args.build_steps)
@@ -155,6 +201,10 @@ def main(argv=None) -> int:
         return 0
     summary = training.train(config, agent_config, args.parallel)
     ev = summary["eval"]
+    if not ev:  # a resumed run that was already at --steps and has no evaluation yet
+        print(f"nothing to train: {summary['run_dir']} is at step {summary['steps']} = --steps; "
+              "pass a larger --steps to train longer.")
+        return 0
     metric = ev["metric"]
     print(json.dumps({"last": {k: ev["last"].get(k) for k in
                                ("gradient_step", metric, "success_rate", "episodes")},
@@ -170,4 +220,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,10 +1,18 @@
 """Strict numerics for every test: no silent rank promotion (a ``(B,)`` time vector must not
 broadcast against ``(B, d)`` actions by accident)."""
 
+import os
+from pathlib import Path
+
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The scripts the tests run in subprocesses (experiments/*.py, python -c ...) import this
+# checkout's cdp_jax, not whichever copy is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture

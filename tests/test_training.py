@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdp_jax import checkpoint, training
-from cdp_jax.agents import dbc, dql
+from cdp_jax import checkpoint, parallel, training
+from cdp_jax.agents import common, dbc, dql
 from cdp_jax.data import minari
 from cdp_jax.data.builders import pointmaze
 
@@ -92,6 +92,21 @@ def test_exact_resume_and_outputs(tiny, tmp_path, monkeypatch):
     eval_a = json.loads((run / "eval.json").read_text())["evaluations"]
     eval_b = json.loads((tmp_path / "resumed" / "eval.json").read_text())["evaluations"]
     assert eval_a == eval_b
+    # TensorBoard's reader: every step once, the resume step (20) included, the same values
+    events_a, events_b = _tensorboard(run), _tensorboard(tmp_path / "resumed")
+    assert [s for s, _ in events_b["critic/loss"]] == [10, 20, 30, 40]
+    assert [s for s, _ in events_b["eval/normalized_score"]] == [20, 40]
+    for tag in ("actor/loss", "critic/loss", "eval/normalized_score", "eval/success_rate"):
+        assert events_a[tag] == events_b[tag]
+
+
+def _tensorboard(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, monkeypatch):
@@ -131,6 +146,56 @@ def test_invalid_configs_fail_before_compilation(tiny, monkeypatch):
         training.make_eval_envs(wrong, config)
     with pytest.raises(ValueError, match="agent"):
         training.TrainConfig(agent="sac").validate()
+
+
+def test_names_non_finite_values_and_memory_fail_before_compilation(tiny, monkeypatch):
+    config, agent_config = tiny
+    monkeypatch.setattr(training, "make_train_chunk", lambda *a: pytest.fail("compiled"))
+    for name in ("", "  ", "a/b", "..", "/abs"):
+        with pytest.raises(ValueError, match="Invalid name="):
+            dataclasses.replace(config, name=name, run_dir=None).validate()
+    for field in ("reward_scale", "reward_bias", "fraction"):
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"Invalid {field}=.*must be a finite number"):
+                dataclasses.replace(config, **{field: value}).validate()
+    for bad, field in ((dataclasses.replace(agent_config, actor_lr=float("nan")), "actor_lr"),
+                       (dataclasses.replace(agent_config, eta=float("-inf")), "eta"),
+                       (dataclasses.replace(agent_config, tau=float("nan")), "tau")):
+        with pytest.raises(ValueError, match=f"Invalid {field}=.*must be a finite number"):
+            training.train(config, bad)
+    with pytest.raises(ValueError, match="Invalid critic_lr=nan; must be a finite number"):
+        common.apply_overrides(agent_config, ["critic_lr=nan"])
+    with pytest.raises(ValueError, match="weight=inf"):
+        common.apply_overrides(agent_config, ["contraction.weight=inf"])
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        values: tuple = (1.0, float("nan"))
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        lr: float = 1e-3
+        inner: Inner = Inner()
+
+    with pytest.raises(ValueError, match=r"Invalid inner.values=\(1.0, nan\)"):
+        common.check_finite_fields(Outer())
+
+    with pytest.raises(parallel.DeviceMemoryError,
+                       match=r"batch_size=1000000000000 x updates_per_call=10 needs at least "
+                             r".* TB for one call's batches"):
+        training.train(dataclasses.replace(config, batch_size=10**12), agent_config)
+    assert not os.path.exists(config.run_dir)
+
+    def out_of_memory(*args):  # what XLA raises when the program does not fit
+        def chunk(*a):
+            raise jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 7.00TiB.")
+        return chunk
+
+    monkeypatch.setattr(training, "make_train_chunk", out_of_memory)
+    with pytest.raises(parallel.DeviceMemoryError, match=r"batch_size=32, updates_per_call=10 "
+                                                         r"does not fit in device memory"):
+        training.train(config, agent_config)
 
 
 @pytest.mark.slow  # three compilations (vmapped init, single and vmapped chunk): ~30 s on CPU
@@ -208,7 +273,9 @@ def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
     proc.wait()
     killed_at = checkpoint.list_steps(tmp_path / "b" / "checkpoints")
     assert killed_at and killed_at[-1] < 400
-    resumed = subprocess.run(base + ["--run-dir", str(tmp_path / "b"), "--resume"], env=env,
+    # no flag retyped: the saved config.json is the configuration of the resume
+    resumed = subprocess.run([sys.executable, "experiments/train.py", "--run-dir",
+                              str(tmp_path / "b"), "--resume"], env=env,
                              cwd=root, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
@@ -218,3 +285,34 @@ def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
     eval_a = json.loads((tmp_path / "a" / "eval.json").read_text())["evaluations"]
     eval_b = json.loads((tmp_path / "b" / "eval.json").read_text())["evaluations"]
     assert eval_a == eval_b
+    events_a, events_b = _tensorboard(tmp_path / "a"), _tensorboard(tmp_path / "b")
+    for tag in ("actor/loss", "critic/loss", "eval/normalized_score"):
+        assert events_a[tag] == events_b[tag]
+
+
+@pytest.mark.slow  # three training runs with evaluations: ~60 s on CPU
+def test_resume_from_an_earlier_checkpoint_equals_a_straight_run(tiny, tmp_path):
+    """The latest checkpoint is damaged; --resume-from the one before reproduces, bitwise, the
+    parameters, metrics, evaluations and TensorBoard scalars of an uninterrupted run."""
+    config, agent_config = tiny
+    straight = dataclasses.replace(config, run_dir=str(tmp_path / "straight"))
+    training.train(straight, agent_config)
+    training.train(config, agent_config)
+    ckpts = config.path / "checkpoints"
+    state = checkpoint.step_dir(ckpts, 40) / "state"
+    data = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="--resume-from 20"):
+        training.train(dataclasses.replace(config, resume=True), agent_config)
+    training.train(dataclasses.replace(config, resume=True, resume_from=20), agent_config)
+
+    a, b = training.load_policy(straight.path), training.load_policy(config.path)
+    assert _leaves_equal(a[2], b[2])
+    assert _rows(straight.path / "metrics.csv") == _rows(config.path / "metrics.csv")
+    eval_a = json.loads((straight.path / "eval.json").read_text())["evaluations"]
+    eval_b = json.loads((config.path / "eval.json").read_text())["evaluations"]
+    assert eval_a == eval_b
+    events_a, events_b = _tensorboard(straight.path), _tensorboard(config.path)
+    for tag in ("actor/loss", "critic/loss", "eval/normalized_score"):
+        assert events_a[tag] == events_b[tag]
+    assert (ckpts / "discarded" / "step_000000040").is_dir()

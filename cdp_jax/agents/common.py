@@ -4,6 +4,7 @@ loss, config <-> JSON."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 
@@ -21,9 +22,28 @@ def check_choice(field: str, value, choices: tuple) -> None:
 
 
 def check_positive(field: str, value, *, allow_zero: bool = False) -> None:
-    if value is None or (value < 0 if allow_zero else value <= 0):
+    # written as "not (ok)" so that NaN, for which every comparison is False, is rejected
+    if value is None or not (value >= 0 if allow_zero else value > 0):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"Invalid {field}={value!r}; must be {bound}.")
+
+
+def check_finite_fields(config, prefix: str = "") -> None:
+    """Raise ``ValueError`` naming the first float field of ``config`` (a config dataclass; nested
+    configs and tuples included) that is NaN or infinite.
+
+    One check for every config: a NaN learning rate or reward scale would otherwise pass the
+    range checks (every comparison with NaN is False) and only show up as a diverged loss.
+    """
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        name = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            check_finite_fields(value, prefix=f"{name}.")
+            continue
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"Invalid {name}={value!r}; must be a finite number.")
 
 
 def make_schedule(kind: str, num_steps: int, discretization: str = "ddpm") -> schedules.Schedule:
@@ -134,16 +154,24 @@ def parse_field_value(cls, name: str, text: str):
         return text.lower() in ("true", "1")
     if kind in (int, float, str):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             raise ValueError(f"Invalid {name}={text!r}; expected a {kind.__name__}.") from None
+        return _finite(name, value)
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         for option in typing.get_args(kind):  # e.g. int | float: the first that parses
             try:
-                return option(text)
+                value = option(text)
             except (TypeError, ValueError):
                 continue
+            return _finite(name, value)
     raise ValueError(f"Cannot parse {name}={text!r} as {kind}.")
+
+
+def _finite(name: str, value):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"Invalid {name}={value!r}; must be a finite number.")
+    return value
 
 
 def apply_overrides(config, assignments):
