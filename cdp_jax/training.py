@@ -160,12 +160,10 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     observations (or the identity with ``config.normalize_obs=False``).
 
     ``"transitions"`` agents get ``observations, actions, rewards, next_observations, terminals``;
-    ``"windows"`` agents get ``observations (N, H, D)`` and ``actions (N, A, act_dim)``.
+    ``"windows"`` agents get ``observations (N, H, D)`` and ``actions (N, A, act_dim)``. Raises
+    ``DatasetValueError`` (a ValueError) on NaN / inf or on an action with ``|a| > 1``.
     """
-    max_abs = float(np.abs(data.actions).max())
-    if max_abs > 1.0 + 1e-4:
-        raise ValueError(f"dataset {data.dataset_id!r} has actions up to |a| = {max_abs:.3g}; the "
-                         "diffusion policies sample in [-1, 1] (rescale the actions first).")
+    dataset_lib.check_values(data, action_bound=1.0)  # finite arrays, |a| <= 1, even with a NaN
     if norm is None:
         norm = (Normalizer.fit(data.observations) if config.normalize_obs
                 else Normalizer.identity(data.obs_dim))

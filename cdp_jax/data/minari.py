@@ -8,7 +8,8 @@ the same order flattens a (vector) environment's observations at evaluation time
 
 A missing dataset raises :class:`DatasetNotFoundError` naming the command that gets it; an
 unreadable one raises :class:`DatasetCorruptError` naming the path to delete; neither surfaces an
-h5py traceback.
+h5py traceback. A readable one holding NaN / inf values raises :class:`DatasetValueError` naming the
+array, the episode and the step.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from cdp_jax.data.dataset import (
     DatasetCorruptError,
     DatasetNotFoundError,
+    DatasetValueError,
     ObservationKeyError,
     OfflineDataset,
     concat_episodes,
@@ -36,6 +38,7 @@ from cdp_jax.data.normalization import Normalizer, fit_normalizers
 __all__ = [
     "DatasetCorruptError",
     "DatasetNotFoundError",
+    "DatasetValueError",
     "Normalizer",
     "ObservationKeyError",
     "OfflineDataset",
@@ -149,6 +152,8 @@ def load(
     Raises:
         DatasetNotFoundError: the id is not downloaded / built (the message says how to get it).
         DatasetCorruptError: the files exist but cannot be read.
+        DatasetValueError (a ValueError): an array read holds NaN / inf; the message names the
+            array, the episode and the step.
         ValueError: bad ``fraction`` / ``num_episodes``.
         ObservationKeyError (a KeyError): an ``obs_keys`` entry is not in the observations.
     """
