@@ -258,6 +258,34 @@ def test_make_dataset_cli(minari_root, capsys):
     assert len(dm.load("cdp/test/cli-v0")) == 1500
 
 
+
+def test_build_and_load_print_no_adroit_notice(tmp_path):
+    """gymnasium-robotics prints a notice about its Adroit hand envs when first imported (once per
+    process, so fresh interpreters); it landed inside the dataset build's progress bar."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."),
+               MINARI_DATASETS_PATH=str(tmp_path))
+    raw = subprocess.run([sys.executable, "-c", "import gymnasium_robotics"], env=env,
+                         capture_output=True, text=True, check=True)
+    if dm.ADROIT_NOTICE not in raw.stderr:
+        pytest.skip("this gymnasium-robotics version prints no Adroit notice")
+    script = (
+        "import sys\n"
+        "sys.path.insert(0, 'experiments')\n"
+        "import make_dataset\n"
+        "from cdp_jax.data import minari\n"
+        "make_dataset.main(['pointmaze', '--num-steps', '300', '--num-reference-episodes', '1',\n"
+        "                   '--dataset-id', 'cdp/test/quiet-v0'])\n"
+        "minari.load('cdp/test/quiet-v0').make_env().close()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert dm.ADROIT_NOTICE not in run.stderr + run.stdout
+    assert "pointmaze dataset: 100%" in run.stderr  # the rest of stderr still comes through
+
+
 @pytest.mark.slow
 def test_quickstart_build_under_a_minute(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))

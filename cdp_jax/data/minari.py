@@ -14,8 +14,11 @@ array, the episode and the step.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -261,11 +264,28 @@ def make_env(dataset: OfflineDataset, eval_env: bool = True, num_envs: int | Non
     return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="sync", **kwargs)
 
 
+# gymnasium-robotics 1.2.1-1.4.2 print this notice (from farama_notifications) to stderr when first
+# imported; nothing here uses the Adroit hand envs, and the notice lands inside the dataset build's
+# progress bar. Only lines holding it are dropped; anything else printed during the import is kept.
+ADROIT_NOTICE = "AdroitHandRelocateDense-v1, AdroitHandHammerDense-v1, AdroitHandDoorDense-v1"
+
+
 def _register_robotics() -> None:
-    """Register gymnasium-robotics envs (PointMaze, AntMaze, Kitchen, ...) when it is installed."""
+    """Register gymnasium-robotics envs (PointMaze, AntMaze, Kitchen, Fetch, ...) when it is
+    installed, without its Adroit notice (see ``ADROIT_NOTICE``). Call it before the first
+    ``gym.make`` of such an env: that import would print the notice."""
     try:
         import gymnasium as gym
-        import gymnasium_robotics
     except ImportError:
         return
-    gym.register_envs(gymnasium_robotics)
+    if "gymnasium_robotics" not in sys.modules:
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(printed):
+                import gymnasium_robotics  # noqa: F401
+        except ImportError:
+            return
+        finally:
+            sys.stderr.write("".join(line for line in printed.getvalue().splitlines(True)
+                                     if ADROIT_NOTICE not in line))
+    gym.register_envs(sys.modules["gymnasium_robotics"])
