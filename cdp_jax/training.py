@@ -217,12 +217,10 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     (rewards normalised by ``config.reward_normalization``, then ``* reward_scale + reward_bias``);
     ``"windows"`` agents get ``observations (N, H, D)`` and ``actions (N, A, act_dim)``. With
     ``fraction_unit="transitions"`` a random ``fraction`` of the rows is kept, after fitting the
-    normaliser on all of them (as the official code does).
+    normaliser on all of them (as the official code does). Raises ``DatasetValueError`` (a
+    ValueError) on NaN / inf or on an action with ``|a| > 1``.
     """
-    max_abs = float(np.abs(data.actions).max())
-    if max_abs > 1.0 + 1e-4:
-        raise ValueError(f"dataset {data.dataset_id!r} has actions up to |a| = {max_abs:.3g}; the "
-                         "diffusion policies sample in [-1, 1] (rescale the actions first).")
+    dataset_lib.check_values(data, action_bound=1.0)  # finite arrays, |a| <= 1, even with a NaN
     if norm is None:
         norm = (Normalizer.fit(data.observations) if config.normalize_obs
                 else Normalizer.identity(data.obs_dim))

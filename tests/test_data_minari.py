@@ -258,6 +258,34 @@ def test_make_dataset_cli(minari_root, capsys):
     assert len(dm.load("cdp/test/cli-v0")) == 1500
 
 
+
+def test_build_and_load_print_no_adroit_notice(tmp_path):
+    """gymnasium-robotics prints a notice about its Adroit hand envs when first imported (once per
+    process, so fresh interpreters); it landed inside the dataset build's progress bar."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."),
+               MINARI_DATASETS_PATH=str(tmp_path))
+    raw = subprocess.run([sys.executable, "-c", "import gymnasium_robotics"], env=env,
+                         capture_output=True, text=True, check=True)
+    if dm.ADROIT_NOTICE not in raw.stderr:
+        pytest.skip("this gymnasium-robotics version prints no Adroit notice")
+    script = (
+        "import sys\n"
+        "sys.path.insert(0, 'experiments')\n"
+        "import make_dataset\n"
+        "from cdp_jax.data import minari\n"
+        "make_dataset.main(['pointmaze', '--num-steps', '300', '--num-reference-episodes', '1',\n"
+        "                   '--dataset-id', 'cdp/test/quiet-v0'])\n"
+        "minari.load('cdp/test/quiet-v0').make_env().close()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert dm.ADROIT_NOTICE not in run.stderr + run.stdout
+    assert "pointmaze dataset: 100%" in run.stderr  # the rest of stderr still comes through
+
+
 @pytest.mark.slow
 def test_quickstart_build_under_a_minute(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
@@ -290,3 +318,81 @@ def test_dataset_from_minari_data_collector(minari_root):
     last = np.flatnonzero(np.arange(len(d)) == end)
     assert np.all(d.terminals[last] + d.timeouts[last] == 1)
     assert d.terminals.sum() + d.timeouts.sum() == d.num_episodes
+
+
+def _write_pendulum(dataset_id, damage=None):
+    """Three 5-step Pendulum-v1 episodes written with Minari's own writer, ``damage(key, arrays)``
+    editing episode 1's arrays (``obs``, ``actions``, ``rewards``) in place first."""
+    import gymnasium as gym
+
+    from cdp_jax.data.builders import writer
+
+    rng = np.random.default_rng(0)
+    episodes = []
+    for e in range(3):
+        arrays = {"obs": rng.uniform(-1, 1, (6, 3)), "actions": rng.uniform(-2, 2, (5, 1)),
+                  "rewards": rng.uniform(-1, 0, 5)}
+        if e == 1 and damage is not None:
+            damage(arrays)
+        episodes.append(writer.episode_buffer(e, arrays["obs"], arrays["actions"], arrays["rewards"],
+                                              np.zeros(5, bool), np.arange(5) == 4))
+    writer.write_dataset(dataset_id, episodes, env=gym.make("Pendulum-v1"))
+
+
+@pytest.mark.parametrize("key, row, column, value, shown", [
+    ("actions", 3, 0, np.nan, "actions hold NaN / inf in 1 episode(s) (1 row(s)); the first is "
+                              "episode 1, step 3, column 0 (value nan)"),
+    ("obs", 2, 1, np.inf, "observations hold NaN / inf in 1 episode(s) (1 row(s)); the first is "
+                          "episode 1, step 2, column 1 (value inf)"),
+    ("obs", 5, 2, np.nan, "next_observations hold NaN / inf in 1 episode(s) (1 row(s)); the first "
+                          "is episode 1, step 4, column 2 (value nan)"),  # the final next obs
+    ("rewards", 0, None, -np.inf, "rewards hold NaN / inf in 1 episode(s) (1 row(s)); the first is "
+                                  "episode 1, step 0 (value -inf)"),
+])
+def test_non_finite_values_in_the_file_are_reported(minari_root, key, row, column, value, shown):
+    def damage(arrays):
+        arrays[key][(row,) if column is None else (row, column)] = value
+
+    dataset_id = f"cdp/test/nonfinite-{key}-{row}-v0"
+    _write_pendulum(dataset_id, damage)
+    with pytest.raises(dm.DatasetValueError) as info:
+        dm.load(dataset_id)
+    assert f"dataset {dataset_id!r}: {shown}" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("agent", ["dql", "dbc"])  # transitions and windows agents
+def test_training_data_preparation_checks_values(minari_root, agent):
+    """Data that skipped the loader's check (built in memory) is checked again before training; a
+    NaN action no longer hides an out-of-range one (max |a| was NaN, the guard false, 5.0 clipped)."""
+    import dataclasses
+
+    from cdp_jax import training
+    from cdp_jax.agents import CONFIGS
+
+    if not (minari_root / "cdp/test/pendulum-clean-v0").exists():
+        _write_pendulum("cdp/test/pendulum-clean-v0")
+    data = dm.load("cdp/test/pendulum-clean-v0")
+    data = dataclasses.replace(data, actions=data.actions / 2.0)  # Pendulum's [-2, 2] -> [-1, 1]
+    prepare = lambda d: training.prepare_arrays(d, agent, CONFIGS[agent](),
+                                                training.TrainConfig(agent=agent))
+    arrays, _ = prepare(data)
+    assert all(np.isfinite(a).all() for a in arrays.values())
+
+    def with_actions(**rows):
+        actions = data.actions.copy()
+        for row, value in rows.items():
+            actions[int(row[1:]), 0] = value
+        return dataclasses.replace(data, actions=actions)
+
+    with pytest.raises(ValueError, match=r"actions hold NaN / inf in 1 episode\(s\) \(1 row\(s\)\); "
+                                         r"the first is episode 0, step 4, column 0 \(value nan\)"):
+        prepare(with_actions(r4=np.nan, r7=5.0))
+    with pytest.raises(ValueError, match=r"actions hold \|a\| > 1 in 1 episode\(s\) .* episode 1, "
+                                         r"step 2, column 0 \(value 5.0\): the diffusion policies "
+                                         r"sample in \[-1, 1\]: rescale the actions first"):
+        prepare(with_actions(r7=5.0))
+    observations = data.observations.copy()
+    observations[11, 2] = np.nan
+    with pytest.raises(dm.DatasetValueError, match="observations hold NaN / inf .* episode 2, step 1"):
+        prepare(dataclasses.replace(data, observations=observations))

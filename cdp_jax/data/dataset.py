@@ -45,6 +45,11 @@ class DatasetCorruptError(OSError):
     """The dataset exists but its files cannot be read (truncated, corrupt, half-copied)."""
 
 
+class DatasetValueError(ValueError):
+    """Values inside a dataset are unusable: NaN / inf anywhere, or actions out of range. The
+    message names the array, the episode id and the step within that episode."""
+
+
 class ObservationKeyError(KeyError):
     """An observation key asked for is not in the (dict) observations."""
 
@@ -273,6 +278,9 @@ def concat_episodes(
     observation), ``actions`` ``(T, act_dim)``, ``rewards``, ``terminals``, ``timeouts`` ``(T,)``
     and ``id`` (int). An episode whose last step is neither terminal nor timeout is marked timeout
     there (the recording stopped); a step flagged as both keeps only the terminal.
+
+    Raises:
+        DatasetValueError: a value is NaN / inf (see :func:`check_values`).
     """
     if not episodes:
         raise ValueError("no episodes to build a dataset from")
@@ -292,13 +300,41 @@ def concat_episodes(
         cols["timeouts"].append(timeouts.astype(np.float32))
         cols["episode_ids"].append(np.full(steps, int(ep["id"]), dtype=np.int64))
     arrays = {k: np.concatenate(v, axis=0) for k, v in cols.items()}
-    return OfflineDataset(**arrays, num_episodes=len(episodes), **metadata)
+    dataset = OfflineDataset(**arrays, num_episodes=len(episodes), **metadata)
+    check_values(dataset)
+    return dataset
 
 
-def subset_episodes(dataset: OfflineDataset, keep_ids: np.ndarray) -> OfflineDataset:
-    """The rows of the episodes whose ids are in ``keep_ids`` (storage order kept)."""
-    mask = np.isin(dataset.episode_ids, keep_ids)
-    arrays = {k: v[mask] for k, v in dataset.transitions().items()}
-    return dataclasses.replace(
-        dataset, **arrays, num_episodes=int(np.unique(arrays["episode_ids"]).size)
-    )
+def check_values(dataset: OfflineDataset, action_bound: float | None = None) -> None:
+    """Check that every array holds finite values and, with ``action_bound``, that every action has
+    ``|a| <= action_bound`` (up to 1e-4).
+
+    A check written as ``max(|a|) > bound`` would pass a dataset with one NaN action (the max is
+    NaN, the comparison false), and the out-of-range rest would be clipped silently.
+
+    Raises:
+        DatasetValueError: naming the first bad array (in ``TRANSITION_KEYS`` order), the episode
+            id, the step within that episode and the column, and how many episodes are affected.
+    """
+    for key in TRANSITION_KEYS[:-1]:
+        values = getattr(dataset, key)
+        bad = ~np.isfinite(values)
+        what, fix = "NaN / inf", "the file is corrupt or was written wrong: rebuild it"
+        if key == "actions" and action_bound is not None and not bad.any():
+            bad = ~(np.abs(values) <= action_bound + 1e-4)
+            what = f"|a| > {action_bound:g}"
+            fix = (f"the diffusion policies sample in [-{action_bound:g}, {action_bound:g}]: "
+                   "rescale the actions first")
+        if not bad.any():
+            continue
+        rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+        row = int(rows[0])
+        step = row - int(episode_bounds(dataset.episode_ids)[0][row])
+        col = int(np.flatnonzero(bad[row].reshape(-1))[0])
+        where = f"step {step}" + ("" if values.ndim == 1 else f", column {col}")
+        episodes = np.unique(dataset.episode_ids[rows])
+        raise DatasetValueError(
+            f"dataset {dataset.dataset_id!r}: {key} hold {what} in {episodes.size} episode(s) "
+            f"({rows.size} row(s)); the first is episode {int(dataset.episode_ids[row])}, {where} "
+            f"(value {values[row].reshape(-1)[col]}): {fix}."
+        )

@@ -8,13 +8,17 @@ the same order flattens a (vector) environment's observations at evaluation time
 
 A missing dataset raises :class:`DatasetNotFoundError` naming the command that gets it; an
 unreadable one raises :class:`DatasetCorruptError` naming the path to delete; neither surfaces an
-h5py traceback.
+h5py traceback. A readable one holding NaN / inf values raises :class:`DatasetValueError` naming the
+array, the episode and the step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +26,7 @@ import numpy as np
 from cdp_jax.data.dataset import (
     DatasetCorruptError,
     DatasetNotFoundError,
+    DatasetValueError,
     ObservationKeyError,
     OfflineDataset,
     concat_episodes,
@@ -36,6 +41,7 @@ from cdp_jax.data.normalization import Normalizer, fit_normalizers
 __all__ = [
     "DatasetCorruptError",
     "DatasetNotFoundError",
+    "DatasetValueError",
     "Normalizer",
     "ObservationKeyError",
     "OfflineDataset",
@@ -149,6 +155,8 @@ def load(
     Raises:
         DatasetNotFoundError: the id is not downloaded / built (the message says how to get it).
         DatasetCorruptError: the files exist but cannot be read.
+        DatasetValueError (a ValueError): an array read holds NaN / inf; the message names the
+            array, the episode and the step.
         ValueError: bad ``fraction`` / ``num_episodes``.
         ObservationKeyError (a KeyError): an ``obs_keys`` entry is not in the observations.
     """
@@ -256,11 +264,28 @@ def make_env(dataset: OfflineDataset, eval_env: bool = True, num_envs: int | Non
     return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="sync", **kwargs)
 
 
+# gymnasium-robotics 1.2.1-1.4.2 print this notice (from farama_notifications) to stderr when first
+# imported; nothing here uses the Adroit hand envs, and the notice lands inside the dataset build's
+# progress bar. Only lines holding it are dropped; anything else printed during the import is kept.
+ADROIT_NOTICE = "AdroitHandRelocateDense-v1, AdroitHandHammerDense-v1, AdroitHandDoorDense-v1"
+
+
 def _register_robotics() -> None:
-    """Register gymnasium-robotics envs (PointMaze, AntMaze, Kitchen, ...) when it is installed."""
+    """Register gymnasium-robotics envs (PointMaze, AntMaze, Kitchen, Fetch, ...) when it is
+    installed, without its Adroit notice (see ``ADROIT_NOTICE``). Call it before the first
+    ``gym.make`` of such an env: that import would print the notice."""
     try:
         import gymnasium as gym
-        import gymnasium_robotics
     except ImportError:
         return
-    gym.register_envs(gymnasium_robotics)
+    if "gymnasium_robotics" not in sys.modules:
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(printed):
+                import gymnasium_robotics  # noqa: F401
+        except ImportError:
+            return
+        finally:
+            sys.stderr.write("".join(line for line in printed.getvalue().splitlines(True)
+                                     if ADROIT_NOTICE not in line))
+    gym.register_envs(sys.modules["gymnasium_robotics"])

@@ -41,6 +41,7 @@ from cdp_jax.data.builders.writer import (
     episode_buffer,
     write_dataset,
 )
+from cdp_jax.data.minari import _register_robotics
 
 TASKS = {"push": "FetchPush-v4", "pickandplace": "FetchPickAndPlace-v4"}
 OBS_KEYS_ORDER = ("observation", "achieved_goal", "desired_goal")
@@ -75,9 +76,7 @@ class SuccessInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 def make_env(task: str, **kwargs) -> gym.Env:
     """``Fetch<Task>-v4`` wrapped in :class:`SuccessInfo` (the evaluation env of the datasets)."""
-    import gymnasium_robotics
-
-    gym.register_envs(gymnasium_robotics)
+    _register_robotics()
     return SuccessInfo(gym.make(env_id(task), **kwargs))
 
 

@@ -35,6 +35,7 @@ from cdp_jax.data.builders.writer import (
     episode_buffer,
     write_dataset,
 )
+from cdp_jax.data.minari import _register_robotics
 
 MAZES = {"umaze": "UMaze", "open": "Open", "medium": "Medium", "large": "Large"}
 REWARD_TYPES = ("sparse", "dense")
@@ -150,9 +151,8 @@ def collect(
     ``progress(k)`` is called every 1000 steps with the number of new steps.
     """
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    _register_robotics()
     if num_steps < 1 or max_episode_steps < 1:
         raise ValueError(f"num_steps and max_episode_steps must be >= 1, got {num_steps}, "
                          f"{max_episode_steps}")
@@ -212,9 +212,8 @@ def reference_return(
     :class:`WaypointController`. Episodes follow the registered time limit (300 steps on umaze).
     """
     import gymnasium as gym
-    import gymnasium_robotics
 
-    gym.register_envs(gymnasium_robotics)
+    _register_robotics()
     if policy not in ("random", "controller"):
         raise ValueError(f"policy must be 'random' or 'controller', got {policy!r}")
     env = gym.make(env_id(maze, reward_type))
