@@ -153,7 +153,7 @@ def test_train_help_documents_resume_from(capsys):
         assert field in text
 
 
-def test_make_dataset_unknown_env_is_one_message(tmp_path):
+def test_make_dataset_unknown_env_is_one_message(minari_root):
     _assert_error_line(_script("make_dataset", "random", "--env-id", "NoSuchEnv-v0",
                                "--num-steps", "10"), "NoSuchEnv")
 
