@@ -228,7 +228,7 @@ def test_bc_loss_penalty_and_their_gradients(x64):
             prediction="x0")
         return bc, reg / penalty_config.weight, metrics, aux["x_t"], denoiser
 
-    bc, jac_loss, metrics, x_t, _ = jax.jit(lambda tp: pieces(tp)[:4])(torch_params)
+    bc, jac_loss, metrics, x_t = jax.jit(lambda tp: pieces(tp)[:4])(torch_params)
     denoiser = pieces(torch_params)[4]
     close(bc, data["bc_loss"], RTOL64, "bc_loss")
     close(jac_loss, data["jacobian_loss"], RTOL64, "jacobian_loss")
