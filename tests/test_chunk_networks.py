@@ -1,6 +1,8 @@
 """Chunk denoisers (temporal UNet, DiT): shapes, jit, per-sample independence, use by the samplers
 and the contraction estimate against the exact Jacobian reference on a small chunk."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ TINY = {"unet": {"hidden_dim": 8, "depth": 2, "time_dim": 8},
 OBS = (2, 5)  # observation history H = 2 of 5-D observations
 
 
+@functools.lru_cache  # tests asking for the same network share its initialisation (a compilation)
 def _net_and_params(name, chunk, batch=3, seed=0):
     net = chunk_networks.make_chunk_actor(name, **TINY[name])
     kx, kc, kp = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -42,7 +45,10 @@ def test_chunk_shapes_jit_and_per_sample(name):
     assert float(jnp.abs(apply(params, x, t, cond + 1.0) - out).max()) > 1e-4
 
 
-@pytest.mark.parametrize("name,target", [("unet", "drift"), ("dit", "network")])
+# The UNet case (jacfwd + Lanczos through conv-transposes) is the costliest compilation of the
+# default run (~20 s of CPU), so slow; the UNet's contraction gradients are also slow-tested below.
+@pytest.mark.parametrize("name,target", [pytest.param("unet", "drift", marks=pytest.mark.slow),
+                                         ("dit", "network")])
 def test_contraction_estimate_matches_exact(name, target):
     """Matrix-free Lanczos estimate vs jacfwd + eigvalsh on a 3 x 2 chunk (d = 6; 3 is padded to 4
     inside the UNet), for the "drift" and the "network" targets; with K = d Lanczos steps the
@@ -64,7 +70,7 @@ def test_contraction_estimate_matches_exact(name, target):
 
 
 def test_samplers_run_chunk_denoiser():
-    net, params, x, t, cond = _net_and_params("dit", (16, 4))
+    net, params, x, t, cond = _net_and_params("dit", (16, 7))
     denoiser = lambda xb, tb, cb: net.apply(params, xb, tb, cb)
     sample = jax.jit(lambda key: samplers.sample(denoiser, schedules.cosine(50), key, x.shape,
                                                  cond=cond, method="ddim", steps=3, prediction="x0",

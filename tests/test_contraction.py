@@ -45,9 +45,11 @@ SPECTRA = {
     "repeated_top_d8": (np.array([-4.0, -4.0, -1.0, 0.5, 0.5, 0.5, 2.0, 2.0]), 8),
     "identity_like_d6": (np.full(6, -2.0), 4),
 }
+SLOW_SPECTRA = ("all_negative_d12", "identity_like_d6")  # one compilation each: default run is CPU-bound
 
 
-@pytest.mark.parametrize("name", list(SPECTRA))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SPECTRA
+                                  else n for n in SPECTRA])
 def test_designed_spectrum(name, x64):
     eigenvalues, k = SPECTRA[name]
     fn = designed_map(eigenvalues)
@@ -77,7 +79,7 @@ def test_largest_algebraic_not_largest_magnitude(x64):
 MLP_CASES = {2: 2, 7: 7, 64: 48}
 
 
-@pytest.mark.parametrize("d", list(MLP_CASES))
+@pytest.mark.parametrize("d", [pytest.param(2, marks=pytest.mark.slow), 7, 64])
 def test_random_mlp_jacobians_vmap(d, x64):
     k = MLP_CASES[d]
     params = mlp_params(jax.random.key(d), [d, 32, 32, d], scale=1.5)
@@ -94,13 +96,14 @@ def test_random_mlp_jacobians_vmap(d, x64):
 
 
 def test_action_chunk_shape_flattened_float32():
-    params = mlp_params(jax.random.key(0), [12, 16, 12])
-    fn = lambda x: mlp(params, x.reshape(-1)).reshape(3, 4)
-    x = jax.random.normal(jax.random.key(1), (3, 4))
+    # A 2 x 3 chunk: K = d = 6 Lanczos steps (unrolled up to 16: compile time grows with K).
+    params = mlp_params(jax.random.key(0), [6, 16, 6])
+    fn = lambda x: mlp(params, x.reshape(-1)).reshape(2, 3)
+    x = jax.random.normal(jax.random.key(1), (2, 3))
 
     @jax.jit
     def both(x):
-        return (C.max_sym_eigenvalue(fn, x, jax.random.key(2), num_iters=12),
+        return (C.max_sym_eigenvalue(fn, x, jax.random.key(2), num_iters=6),
                 C.exact_max_sym_eigenvalue(fn, x))
 
     est, exact = both(x)
@@ -133,7 +136,7 @@ def test_penalty_gradient_matches_exact(penalty_kind, x64):
         def exact(p):
             return C.exact_sym_jacobian_frobenius(lambda y: mlp(p, y), x, shift=shift)
 
-    g_est, g_exact = jax.grad(est)(params), jax.grad(exact)(params)
+    g_est, g_exact = jax.jit(jax.grad(est))(params), jax.jit(jax.grad(exact))(params)
     flat_est = jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves(g_est)])
     flat_exact = jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves(g_exact)])
     rel = jnp.linalg.norm(flat_est - flat_exact) / jnp.linalg.norm(flat_exact)
@@ -154,7 +157,7 @@ def test_eigen_gradient_costs_one_jvp_not_k():
     assert text.count("while[") + text.count("scan[") == 1
 
 
-@pytest.mark.parametrize("scale", ["dim", "dim_squared"])
+@pytest.mark.parametrize("scale", ["dim", pytest.param("dim_squared", marks=pytest.mark.slow)])
 def test_hutchinson_frobenius_unbiased(scale, x64):
     d = 6
     params = mlp_params(jax.random.key(8), [d, 16, d], scale=2.0)
@@ -183,8 +186,11 @@ def explicit_drift(raw, prediction, alpha, sigma, beta, x):
     return 0.5 * beta * (x - (sigma * x + alpha * raw) / sigma)  # v = alpha eps - sigma x0
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-@pytest.mark.parametrize("sched", list(SCHEDULES))
+# Each parameterisation on one schedule in the default run; the other three pairs are slow.
+@pytest.mark.parametrize("sched,prediction", [
+    ("continuous_linear", "eps"), ("discrete_cosine", "x0"), ("continuous_linear", "v"),
+    *(pytest.param(s, p, marks=pytest.mark.slow) for s, p in [
+        ("discrete_cosine", "eps"), ("continuous_linear", "x0"), ("discrete_cosine", "v")])])
 def test_drift_jacobian_matches_explicit(prediction, sched, x64):
     schedule = SCHEDULES[sched]
     d = 4
@@ -268,8 +274,9 @@ def test_window_and_static_subsample():
     np.testing.assert_allclose(loss, 2.0 * 0.25, rtol=1e-5)
     # Fewer slots than in-window samples: still only in-window samples, mean unchanged.
     config2 = C.ContractionConfig(weight=2.0, num_penalised=2, margin=1.5, num_iters=6)
-    loss2, m2 = C.contraction_regulariser(config2, denoiser, schedule, x, t, cond,
-                                          jax.random.key(2))
+    loss2, m2 = jax.jit(lambda x, t, k: C.contraction_regulariser(config2, denoiser, schedule, x,
+                                                                  t, cond, k))(
+        x, t, jax.random.key(2))
     np.testing.assert_allclose(loss2, 0.5, rtol=1e-5)
     assert float(m2["contraction/num_penalised"]) == 2
 
@@ -284,7 +291,7 @@ def test_nothing_in_window_gives_zero_and_finite_grads():
         den = lambda x, t, cond: scale * x
         return C.contraction_regulariser(config, den, schedule, x, t, None, jax.random.key(0))
 
-    (value, metrics), grad = jax.value_and_grad(loss, has_aux=True)(2.0)
+    (value, metrics), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(2.0)
     assert float(value) == 0.0 and float(grad) == 0.0
     assert int(metrics["contraction/num_in_window"]) == 0
     assert all(np.isfinite(np.asarray(v)) for v in metrics.values())

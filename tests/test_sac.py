@@ -48,7 +48,11 @@ def test_log_prob_is_the_change_of_variables_density():
     np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, atol=1e-3)
 
 
-def test_update_scan_matches_a_python_loop_of_plain_updates():
+# Op by op (eager) compiles every primitive of the update separately: ~10 s of CPU, so slow.
+@pytest.mark.parametrize("plain_update", [pytest.param(sac.update, marks=pytest.mark.slow,
+                                                       id="eager"),
+                                          pytest.param(jax.jit(sac.update), id="jit")])
+def test_update_scan_matches_a_python_loop_of_plain_updates(plain_update):
     state = sac.init(jax.random.PRNGKey(0), TINY, 3, 1)
     num = TINY.num_envs * TINY.train_every
     batches = jax.vmap(lambda k: _batch(k, TINY.batch_size, 3, 1))(
@@ -56,8 +60,8 @@ def test_update_scan_matches_a_python_loop_of_plain_updates():
     scanned, scan_metrics = sac._update_many_jit(state, batches, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(2), num)
     looped = state
-    for i in range(3):  # un-jitted, op by op
-        looped, metrics = sac.update(looped, jax.tree.map(lambda x, i=i: x[i], batches), keys[i])
+    for i in range(3):  # one update per call
+        looped, metrics = plain_update(looped, jax.tree.map(lambda x, i=i: x[i], batches), keys[i])
     assert int(scanned.step) == num
     # The first plain updates reproduce the scan's per-step metrics.
     for name in ("critic/loss", "actor/loss", "alpha/value"):
@@ -77,9 +81,10 @@ def test_terminal_cuts_the_bootstrap():
     config = sac.default_config(**SMALL, discount=1.0, init_temperature=1e-12)
     state = sac.init(jax.random.PRNGKey(0), config, 3, 2)
     batch = _batch(jax.random.PRNGKey(1))
-    _, metrics = sac.critic_loss(state.critic_params, state, batch, jax.random.PRNGKey(2))
+    critic_loss = jax.jit(sac.critic_loss)  # one compilation, not one per primitive
+    _, metrics = critic_loss(state.critic_params, state, batch, jax.random.PRNGKey(2))
     term = _batch(jax.random.PRNGKey(1)) | {"terminals": jnp.ones(16)}
-    _, metrics_term = sac.critic_loss(state.critic_params, state, term, jax.random.PRNGKey(2))
+    _, metrics_term = critic_loss(state.critic_params, state, term, jax.random.PRNGKey(2))
     np.testing.assert_allclose(metrics_term["critic/target_mean"], batch["rewards"].mean(),
                                rtol=1e-5)
     assert not np.isclose(metrics["critic/target_mean"], batch["rewards"].mean())

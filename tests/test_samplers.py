@@ -92,7 +92,11 @@ def test_dpm_solver_pp_1s_equals_ddim(x64):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", sorted(SETTINGS))
+# dpm_solver_pp_1s is DDIM (test_dpm_solver_pp_1s_equals_ddim) and euler_maruyama is stochastic
+# like ddpm: their eager (op by op) runs are slow-only.
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow)
+                                    if m in ("dpm_solver_pp_1s", "euler_maruyama") else m
+                                    for m in sorted(SETTINGS)])
 def test_jit_vmap_eager_agree_and_keys_are_deterministic(method):
     sch = schedules.cosine(50)
     den = diffusion.gaussian_mixture_denoiser(jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0],
