@@ -15,6 +15,7 @@ from cdp_jax.data.dataset import (
     episode_bounds,
     flatten_observation,
     select_episodes,
+    subset_episodes,
     windows,
 )
 from cdp_jax.data.minari import Normalizer, fit_normalizers
@@ -41,6 +42,14 @@ def test_concat_and_bounds():
     np.testing.assert_array_equal(end, [2, 2, 2, 3, 7, 7, 7, 7])
     np.testing.assert_array_equal(d.episode_returns(), [3.0, 1.0, 4.0])
     np.testing.assert_array_equal(d.next_observations[:, 0], [1, 2, 3, 101, 201, 202, 203, 204])
+
+
+def test_subset_episodes_keeps_whole_episodes_in_order():
+    d = toy_dataset()
+    sub = subset_episodes(d, np.array([2, 0]))
+    np.testing.assert_array_equal(sub.episode_ids, [0, 0, 0, 2, 2, 2, 2])
+    np.testing.assert_array_equal(sub.observations[:, 0], [0, 1, 2, 200, 201, 202, 203])
+    assert sub.num_episodes == 2 and sub.dataset_id == "toy"
 
 
 def test_windows_pad_at_episode_edges():

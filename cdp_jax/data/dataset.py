@@ -338,3 +338,12 @@ def check_values(dataset: OfflineDataset, action_bound: float | None = None) -> 
             f"({rows.size} row(s)); the first is episode {int(dataset.episode_ids[row])}, {where} "
             f"(value {values[row].reshape(-1)[col]}): {fix}."
         )
+
+
+def subset_episodes(dataset: OfflineDataset, keep_ids: np.ndarray) -> OfflineDataset:
+    """The rows of the episodes whose ids are in ``keep_ids`` (storage order kept)."""
+    mask = np.isin(dataset.episode_ids, keep_ids)
+    arrays = {k: v[mask] for k, v in dataset.transitions().items()}
+    return dataclasses.replace(
+        dataset, **arrays, num_episodes=int(np.unique(arrays["episode_ids"]).size)
+    )
