@@ -95,15 +95,17 @@ def test_random_mlp_jacobians_vmap(d, x64):
     np.testing.assert_allclose(est, exact, rtol=1e-3)
 
 
-def test_action_chunk_shape_flattened_float32():
-    # A 2 x 3 chunk: K = d = 6 Lanczos steps (unrolled up to 16: compile time grows with K).
-    params = mlp_params(jax.random.key(0), [6, 16, 6])
-    fn = lambda x: mlp(params, x.reshape(-1)).reshape(2, 3)
-    x = jax.random.normal(jax.random.key(1), (2, 3))
+# K = d Lanczos steps, unrolled up to K = 16, so compile time grows with the chunk: 3 x 4 is slow.
+@pytest.mark.parametrize("chunk", [(2, 3), pytest.param((3, 4), marks=pytest.mark.slow)])
+def test_action_chunk_shape_flattened_float32(chunk):
+    d = chunk[0] * chunk[1]
+    params = mlp_params(jax.random.key(0), [d, 16, d])
+    fn = lambda x: mlp(params, x.reshape(-1)).reshape(chunk)
+    x = jax.random.normal(jax.random.key(1), chunk)
 
     @jax.jit
     def both(x):
-        return (C.max_sym_eigenvalue(fn, x, jax.random.key(2), num_iters=6),
+        return (C.max_sym_eigenvalue(fn, x, jax.random.key(2), num_iters=d),
                 C.exact_max_sym_eigenvalue(fn, x))
 
     est, exact = both(x)
