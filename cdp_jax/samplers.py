@@ -209,8 +209,10 @@ def heun(model, x, grid, key=None, **drive):
     # corrector then missed a Gaussian's covariance by several percent, worse than DDIM, and by
     # orders of magnitude with ~10 steps). Continuous schedules refine to ratios near 1, so the
     # order stays 2.
-    euler_only = (sb[:-2] >= 3.0 * sb[1:-1]) & (sb[1:-1] >= 1.0)
-    coef = {"dsig": sb[1:-1] - sb[:-2], "w_corr": np.where(euler_only, 0.0, 0.5)}
+    # One entry per transition of the grid (the scan takes as many as it runs: all of them on a
+    # landing grid, all but the jump to the clean point otherwise).
+    euler_only = (sb[:-1] >= 3.0 * sb[1:]) & (sb[1:] >= 1.0)
+    coef = {"dsig": sb[1:] - sb[:-1], "w_corr": np.where(euler_only, 0.0, 0.5)}
 
     def step(c, p):
         xbar = c["x"] / p["a_t"]

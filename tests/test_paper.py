@@ -264,3 +264,17 @@ def test_exact_frobenius_batch_matches_per_sample_reference(x64, target):
     in_window = np.asarray((t + 1) / 10 <= 0.3 + 1e-6)
     assert int(metrics["contraction/num_penalised"]) == in_window.sum() == 5  # levels 0,1,2,0,1
     np.testing.assert_allclose(loss, 2.0 * np.mean(np.asarray(ref)[in_window]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", sorted(samplers.SAMPLERS))
+def test_every_sampler_runs_on_the_landing_grid(method):
+    """Every method takes one coefficient per transition, so it also runs on CleanDiffuser's grid,
+    whose last step lands on level 0 (a Heun regression: its coefficients once assumed the
+    Tweedie ending)."""
+    schedule = schedules.cosine(50, discretization="cleandiffuser")
+    denoiser = diffusion.gaussian_denoiser(jnp.array([0.3, -0.2]), jnp.array([0.5, 0.2]),
+                                           schedule, prediction="x0")
+    x = samplers.sample(denoiser, schedule, jax.random.PRNGKey(0), (256, 2), method=method,
+                        steps=15, spacing="cleandiffuser", prediction="x0")
+    assert x.shape == (256, 2) and bool(jnp.all(jnp.isfinite(x)))
+    np.testing.assert_allclose(np.mean(np.asarray(x), axis=0), [0.3, -0.2], atol=0.1)
