@@ -1,8 +1,10 @@
-"""SAC: the tanh-Gaussian log-density, the update under jit / scan, the host loop and its outputs,
-and (slow) that it solves Pendulum-v1."""
+"""SAC: the tanh-Gaussian log-density, the update under jit / scan, vectorised collection across
+autoreset boundaries, the host loop and its outputs, and (slow) that it solves Pendulum-v1."""
 
+import dataclasses
 import json
 
+import gymnasium as gym
 import h5py
 import jax
 import jax.numpy as jnp
@@ -73,6 +75,147 @@ def test_update_scan_matches_a_python_loop_of_plain_updates(plain_update):
     assert not np.allclose(jax.tree.leaves(scanned.target_critic_params)[0],
                            jax.tree.leaves(state.target_critic_params)[0])
     assert float(scanned.log_alpha) != float(state.log_alpha)
+
+
+def test_update_many_equals_k_jitted_single_updates():
+    """The whole state after ``K`` scanned updates is the state after ``K`` separate jitted
+    :func:`sac.update` calls with the same batches and keys (parameters, optimiser moments, targets,
+    temperature, step counter)."""
+    state = sac.init(jax.random.PRNGKey(0), TINY, 3, 1)
+    num = sac.updates_per_call(TINY)
+    batches = jax.vmap(lambda k: _batch(k, TINY.batch_size, 3, 1))(
+        jax.random.split(jax.random.PRNGKey(1), num))
+    scanned, _ = sac._update_many_jit(state, batches, jax.random.PRNGKey(2))
+    single = jax.jit(sac.update)
+    looped = state
+    for i, k in enumerate(jax.random.split(jax.random.PRNGKey(2), num)):
+        looped, _ = single(looped, jax.tree.map(lambda x, i=i: x[i], batches), k)
+    assert int(looped.step) == int(scanned.step) == num
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(looped), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def test_explore_is_act_with_the_key_split_inside():
+    """``explore`` = ``key, k = split(key); act(state, obs, k)``, jitted or not; the returned key
+    drives the next call."""
+    state = sac.init(jax.random.PRNGKey(0), TINY, 3, 1)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
+    key = jax.random.PRNGKey(2)
+    a1, key1 = sac._explore_jit(state.actor_params, obs, key, config=TINY, action_dim=1)
+    next_key, k = jax.random.split(key)
+    np.testing.assert_array_equal(key1, next_key)
+    np.testing.assert_allclose(a1, sac.act(state, obs, k), rtol=1e-6, atol=1e-7)
+    a2, _ = sac.explore(state.actor_params, obs, key1, config=TINY, action_dim=1)
+    assert a1.shape == (5, 1) and not np.allclose(a1, a2)
+
+
+class _CountingEnv(gym.Env):
+    """Observation ``[env id, episode index, t]``; reward ``t``; terminates at ``t ==
+    terminate_at`` (never if ``None``). Wrapped in a ``TimeLimit`` of ``limit`` steps."""
+
+    def __init__(self, env_id: int, terminate_at: int | None):
+        self.env_id, self.terminate_at, self.episode, self.t = env_id, terminate_at, -1, 0
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float64)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def _obs(self):
+        return np.array([self.env_id, self.episode, self.t], np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episode, self.t = self.episode + 1, 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), float(self.t), self.t == self.terminate_at, False, {}
+
+
+def _counting_envs(mode=gym.vector.AutoresetMode.SAME_STEP):
+    # env 0 terminates at t = 3; env 1 is truncated at t = 4; env 2 terminates at t = 4, the step
+    # its time limit also truncates it (both flags: no bootstrap); env 3 runs on.
+    specs = [(3, 10), (None, 4), (4, 4), (None, 100)]
+    return gym.vector.SyncVectorEnv(
+        [lambda i=i, t=t, n=n: gym.wrappers.TimeLimit(_CountingEnv(i, t), n)
+         for i, (t, n) in enumerate(specs)], autoreset_mode=mode)
+
+
+def test_vector_env_step_stores_final_observations_and_the_two_end_flags():
+    envs = _counting_envs()
+    obs, _ = envs.reset(seed=0)
+    steps = []
+    for _ in range(8):
+        action = np.full((4, 1), 0.5)
+        obs, transition = sac.vector_env_step(envs, obs, action)
+        steps.append(transition | {"returned_obs": obs})
+    envs.close()
+    stack = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+    term, trunc = stack["terminations"], stack["truncations"]
+    np.testing.assert_array_equal(np.flatnonzero(term[:, 0]), [2, 5])  # t = 3 of each episode
+    np.testing.assert_array_equal(np.flatnonzero(trunc[:, 1]), [3, 7])  # t = 4
+    np.testing.assert_array_equal(np.flatnonzero(term[:, 1]), [])
+    np.testing.assert_array_equal(np.flatnonzero(term[:, 2] & trunc[:, 2]), [3, 7])
+    assert not term[:, 3].any() and not trunc[:, 3].any()
+    for i, (length, ends) in enumerate(((3, [2, 5]), (4, [3, 7]), (4, [3, 7]), (None, []))):
+        obs_i, next_i, ret_i = (stack[k][:, i] for k in ("observations", "next_observations",
+                                                           "returned_obs"))
+        assert np.all(obs_i[:, 0] == i) and np.all(next_i[:, 0] == i)
+        for t in range(8):
+            episode, t_in = (t // length, t % length) if length else (0, t)
+            # (env id, episode, t) before the step; the final observation of the same episode.
+            np.testing.assert_array_equal(obs_i[t], [i, episode, t_in])
+            np.testing.assert_array_equal(next_i[t], [i, episode, t_in + 1])
+            # The observation to act on next is the reset one where the episode ended.
+            expected = [i, episode + 1, 0] if t in ends else [i, episode, t_in + 1]
+            np.testing.assert_array_equal(ret_i[t], expected)
+        np.testing.assert_array_equal(stack["rewards"][:, i], next_i[:, 2])
+    np.testing.assert_array_equal(stack["actions"], np.full((8, 4, 1), 0.5))
+    with pytest.raises(ValueError, match="SAME_STEP"):
+        sac.vector_env_step(_counting_envs(gym.vector.AutoresetMode.NEXT_STEP), obs, action)
+
+
+def test_replay_insert_keeps_terminations_apart_from_truncations_and_wraps():
+    envs = _counting_envs()
+    obs, _ = envs.reset(seed=0)
+    capacity = 10
+    buffer = {"observations": np.zeros((capacity, 3), np.float32),
+              "actions": np.zeros((capacity, 1), np.float32),
+              "rewards": np.zeros(capacity, np.float32),
+              "next_observations": np.zeros((capacity, 3), np.float32),
+              "terminals": np.zeros(capacity, np.float32)}
+    cursor, rows = 0, []
+    for t in range(8):
+        policy_action = np.linspace(-1, 1, 4)[:, None] * (t + 1) / 8
+        obs, transition = sac.vector_env_step(envs, obs, 2 * policy_action)
+        cursor = sac.replay_insert(buffer, cursor, transition, policy_action)
+        rows += [(transition["observations"][i], policy_action[i], transition["rewards"][i],
+                  transition["next_observations"][i], transition["terminations"][i])
+                 for i in range(4)]
+    envs.close()
+    assert cursor == 32 % capacity
+    # The ring holds the last 10 of the 32 rows, row r at r % capacity.
+    for r in range(32 - capacity, 32):
+        o, a, rew, nxt, term = rows[r]
+        np.testing.assert_array_equal(buffer["observations"][r % capacity], o)
+        np.testing.assert_array_equal(buffer["actions"][r % capacity], a.astype(np.float32))
+        assert buffer["rewards"][r % capacity] == rew
+        np.testing.assert_array_equal(buffer["next_observations"][r % capacity], nxt)
+        assert buffer["terminals"][r % capacity] == float(term)
+    # Rows 28-31 are the last vector step: env 0 is mid-episode, env 1 was truncated (no
+    # terminal), env 2 terminated and was truncated at once (terminal), env 3 runs on.
+    np.testing.assert_array_equal(buffer["terminals"][[8, 9, 0, 1]], [0.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(buffer["next_observations"][[8, 9, 0, 1], 2], [2, 4, 4, 8])
+
+
+def test_fractional_updates_per_step():
+    """``updates_per_step = 0.5``: half as many gradient steps as env steps after
+    ``learning_starts``; a product that is not a whole number of updates per call is refused."""
+    config = dataclasses.replace(TINY, updates_per_step=0.5).validate()
+    assert sac.updates_per_call(config) == 25 and sac.updates_per_call(TINY) == 50
+    state, _ = sac.train("Pendulum-v1", config, 600, seed=3, eval_every=600, eval_episodes=1)
+    assert int(state.step) == 200  # (600 - 200) env steps, half an update each
+    with pytest.raises(ValueError, match="updates_per_step"):
+        sac.default_config(num_envs=1, train_every=50, updates_per_step=0.33)
 
 
 def test_terminal_cuts_the_bootstrap():

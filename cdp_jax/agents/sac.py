@@ -14,10 +14,15 @@ Polyak-averaged every step.
 
 Conventions as the other agents: a frozen :class:`SACConfig` (defaults at the bottom), pure
 :func:`init`, :func:`update` and :func:`act` over a :class:`SACState` pytree, and :func:`update_many`
-running ``K`` updates in one ``lax.scan``. :func:`train` is the host loop: vectorised gymnasium envs,
-a numpy replay buffer, ``K`` jitted updates per call, evaluation, and orbax snapshots of the actor
-(``cdp_jax.checkpoint``) plus an optional HDF5 record of every transition collected (for D4RL's
-"medium-replay" recipe). Shapes: observations ``(B, obs_dim)``, actions ``(B, action_dim)``.
+running ``K`` updates in one ``lax.scan``. :func:`train` is the host loop: vectorised gymnasium envs
+stepped by :func:`vector_env_step` with the actions of all envs from one jitted :func:`explore`
+call, a numpy replay buffer, ``K`` jitted updates per call, evaluation, and orbax snapshots of the
+actor (``cdp_jax.checkpoint``) plus an optional HDF5 record of every transition collected (for
+D4RL's "medium-replay" recipe). Shapes: observations ``(B, obs_dim)``, actions ``(B, action_dim)``.
+
+Cost (``benchmarks/sac_throughput.py``): one update is about 0.56 GFLOP (batch 256, 256-256 nets),
+so on a CPU the update, not the loop, sets the rate at one update per env step; the knob that
+trades learning per env step for speed is ``updates_per_step`` (the UTD ratio, may be < 1).
 """
 
 from __future__ import annotations
@@ -239,12 +244,25 @@ def act(state: SACState, obs: jax.Array, key: jax.Array, deterministic: bool = F
     return sample_action(state.config, state.actor_params, obs, key, state.action_dim)[0]
 
 
+def explore(actor_params, obs: jax.Array, key: jax.Array, *, config: SACConfig,
+            action_dim: int) -> tuple[jax.Array, jax.Array]:
+    """Sampled actions ``(num_envs, A)`` in ``[-1, 1]`` for all envs of a vector env, and the key
+    for the next call: ``key, k = split(key)``, actions from ``k``, as :func:`act` with that ``k``.
+
+    The collection loop's one call per vector step: the split happens inside it (no host-side key
+    split per step), and it takes only the actor's parameters (a short pytree to hand over).
+    """
+    key, sample_key = jax.random.split(key)
+    return sample_action(config, actor_params, obs, sample_key, action_dim)[0], key
+
+
 # ----------------------------------------------------------------------------- online training
 
-# Module-level jits: the config is static in the state, so every train / evaluation call with the
-# same config and shapes reuses one compilation.
+# Module-level jits: the config is static (in the state, or a static argument), so every train /
+# evaluation call with the same config and shapes reuses one compilation.
 _update_many_jit = jax.jit(update_many)
 _act_jit = jax.jit(act, static_argnames="deterministic")
+_explore_jit = jax.jit(explore, static_argnames=("config", "action_dim"))
 
 
 def _make_envs(env_id: str, num_envs: int, env_kwargs: dict | None):
@@ -261,6 +279,45 @@ def action_scaler(space) -> Callable[[np.ndarray], np.ndarray]:
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         raise ValueError(f"SAC needs a bounded Box action space, got {space}.")
     return lambda a: low + 0.5 * (np.asarray(a, np.float64) + 1.0) * (high - low)
+
+
+def vector_env_step(envs, obs: np.ndarray, env_action: np.ndarray) -> tuple[np.ndarray, dict]:
+    """One step of a vector env in gymnasium's ``SAME_STEP`` autoreset mode (:func:`_make_envs`).
+
+    Returns ``(obs to act on next, transition)``; ``transition`` holds ``observations``, ``actions``
+    (the env's), ``rewards``, ``next_observations``, ``terminations``, ``truncations``, each
+    ``(num_envs, ...)``. Where an episode ended at this step the vector env has already reset that
+    env: its ``next_observations`` row is the episode's final observation (``info["final_obs"]``),
+    while the returned observation is the reset one. ``terminations`` (the MDP ended: no bootstrap)
+    and ``truncations`` (a time limit: bootstrap from the final observation) are the env's flags.
+    """
+    mode = envs.metadata.get("autoreset_mode")
+    if getattr(mode, "value", mode) != "SameStep":
+        raise ValueError(f"vector_env_step needs autoreset_mode=SAME_STEP, got {mode!r}.")
+    next_obs, reward, terminated, truncated, info = envs.step(env_action)
+    final = np.array(next_obs, dtype=np.float64)
+    for i in np.flatnonzero(terminated | truncated):
+        final[i] = info["final_obs"][i]
+    return next_obs, {"observations": obs, "actions": env_action, "rewards": reward,
+                      "next_observations": final, "terminations": terminated,
+                      "truncations": truncated}
+
+
+def replay_insert(buffer: dict, cursor: int, transition: dict, policy_action: np.ndarray) -> int:
+    """Write one vector step (:func:`vector_env_step`'s ``transition``, ``num_envs`` rows) into the
+    ring buffer ``buffer`` at row ``cursor``; return the next cursor.
+
+    ``actions`` are the policy's, in ``[-1, 1]``; ``terminals`` are the terminations only: a
+    truncated episode bootstraps from its final observation.
+    """
+    capacity, num = buffer["rewards"].shape[0], policy_action.shape[0]
+    rows = (cursor + np.arange(num)) % capacity
+    buffer["observations"][rows] = transition["observations"]
+    buffer["actions"][rows] = policy_action
+    buffer["rewards"][rows] = transition["rewards"]
+    buffer["next_observations"][rows] = transition["next_observations"]
+    buffer["terminals"][rows] = transition["terminations"]
+    return int((cursor + num) % capacity)
 
 
 def evaluate_policy(state: SACState, env_id: str, num_episodes: int, seed: int, *,
@@ -337,11 +394,12 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
           resume: bool = False) -> tuple[SACState, list[dict]]:
     """Train SAC online for ``num_steps`` environment steps; return ``(state, evaluations)``.
 
-    ``config.num_envs`` envs step together; every ``config.train_every`` vector steps, after
-    ``learning_starts`` env steps of uniform random actions, ``num_envs * train_every *
-    updates_per_step`` gradient steps run in one jitted :func:`update_many` on batches drawn
-    uniformly from the replay buffer. Every ``eval_every`` env steps (and at the end) the
-    deterministic policy is evaluated on ``eval_episodes`` episodes.
+    ``config.num_envs`` envs step together (:func:`vector_env_step`), their actions from one
+    jitted :func:`explore` call per vector step; every ``config.train_every`` vector steps, after
+    ``learning_starts`` env steps of uniform random actions, :func:`updates_per_call` (``num_envs *
+    train_every * updates_per_step``) gradient steps run in one jitted :func:`update_many` on
+    batches drawn uniformly from the replay buffer. Every ``eval_every`` env steps (and at the end)
+    the deterministic policy is evaluated on ``eval_episodes`` episodes.
 
     With ``out_dir``: ``config.json``; ``snapshots/step_<env steps>/`` (orbax, the actor params and
     ``eval_return`` in ``meta.json``) at each evaluation; ``evaluations.json``; ``state/`` (the
@@ -399,7 +457,7 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
     if resume:
         size = _refill(buffer, out / "transitions.h5", envs.single_action_space)
         cursor = size % capacity
-    num_updates = config.num_envs * config.train_every * config.updates_per_step
+    num_updates = updates_per_call(config)
     obs, _ = envs.reset(seed=[int(s) for s in rng.integers(2**31, size=config.num_envs)])
     vector_steps, next_eval = steps // config.num_envs, steps + eval_every
     start = time.perf_counter()
@@ -408,27 +466,14 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
             if steps < config.learning_starts:
                 policy_action = rng.uniform(-1.0, 1.0, (config.num_envs, action_dim))
             else:
-                key, k = jax.random.split(key)
-                policy_action = np.asarray(_act_jit(state, jnp.asarray(obs, jnp.float32), k))
-            env_action = scale(policy_action)
-            next_obs, reward, terminated, truncated, info = envs.step(env_action)
-            real_next = np.array(next_obs, dtype=np.float64)
-            done = terminated | truncated
-            if done.any():  # SAME_STEP autoreset: next_obs is the reset obs where done
-                for i in np.flatnonzero(done):
-                    real_next[i] = info["final_obs"][i]
+                policy_action, key = _explore_jit(state.actor_params, obs.astype(np.float32),
+                                                  key, config=config, action_dim=action_dim)
+                policy_action = np.asarray(policy_action)
+            obs, transition = vector_env_step(envs, obs, scale(policy_action))
             if recorder is not None:
-                recorder.add(observations=obs, next_observations=real_next, actions=env_action,
-                             rewards=reward, terminations=terminated, truncations=truncated)
-            rows = (cursor + np.arange(config.num_envs)) % capacity
-            buffer["observations"][rows] = obs
-            buffer["actions"][rows] = policy_action
-            buffer["rewards"][rows] = reward
-            buffer["next_observations"][rows] = real_next
-            buffer["terminals"][rows] = terminated
-            cursor = (cursor + config.num_envs) % capacity
+                recorder.add(**transition)
+            cursor = replay_insert(buffer, cursor, transition, policy_action)
             size = min(size + config.num_envs, capacity)
-            obs = next_obs
             steps += config.num_envs
             vector_steps += 1
             if progress is not None:
@@ -438,7 +483,7 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
                 batches = {k: v[idx] for k, v in buffer.items()}
                 key, k = jax.random.split(key)
                 state, metrics = _update_many_jit(state, batches, k)
-                last_metrics = {n: float(np.mean(v)) for n, v in metrics.items()}
+                last_metrics = {n: float(np.mean(v)) for n, v in jax.device_get(metrics).items()}
                 if not all(np.isfinite(v) for v in last_metrics.values()):
                     raise FloatingPointError(f"non-finite SAC metrics at env step {steps}: "
                                              f"{last_metrics}")
@@ -566,7 +611,9 @@ class SACConfig:
     buffer_size: int = 1_000_000
     learning_starts: int = 5000  # env steps of uniform random actions before updates
     train_every: int = 50  # vector steps between jitted update calls (K = num_envs * this * utd)
-    updates_per_step: int = 1
+    # Gradient steps per env step (the UTD ratio). Below 1 trades learning per env step for speed:
+    # the update is the cost on a CPU (benchmarks/sac_throughput.py).
+    updates_per_step: float = 1.0
 
     def validate(self) -> SACConfig:
         if not self.hidden_dims or any(int(w) <= 0 for w in self.hidden_dims):
@@ -579,10 +626,21 @@ class SACConfig:
         if not (self.discount <= 1.0 and self.tau <= 1.0):
             raise ValueError(f"discount and tau must lie in [0, 1], got {self.discount}, "
                              f"{self.tau}.")
+        per_call = self.num_envs * self.train_every * self.updates_per_step
+        if abs(per_call - round(per_call)) > 1e-9:
+            raise ValueError(f"num_envs * train_every * updates_per_step = {self.num_envs} * "
+                             f"{self.train_every} * {self.updates_per_step} = {per_call} must be a "
+                             "whole number of updates per jitted call.")
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"log_std_min={self.log_std_min} must be < log_std_max="
                              f"{self.log_std_max}.")
         return self
+
+
+def updates_per_call(config: SACConfig) -> int:
+    """Gradient steps per jitted :func:`update_many` call in :func:`train`: ``num_envs *
+    train_every * updates_per_step`` (a whole number, checked by :meth:`SACConfig.validate`)."""
+    return int(round(config.num_envs * config.train_every * config.updates_per_step))
 
 
 def default_config(**overrides) -> SACConfig:
