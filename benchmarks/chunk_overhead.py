@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from contraction_overhead import exact_regulariser, make_step
 
 from cdp_jax import chunk_networks, contraction, schedules

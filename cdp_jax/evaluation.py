@@ -18,6 +18,7 @@ import collections
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,12 +61,14 @@ def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, nu
 
     Returns:
       dict with ``returns`` (list, per episode), ``successes``, ``lengths``, ``return_mean``,
-      ``return_std``, ``success_rate``, ``episodes``.
+      ``return_std``, ``success_rate``, ``episodes``, and ``timing``: ``wall_s`` of the whole
+      evaluation, ``policy_s`` spent in policy calls (results fetched), ``env_steps`` (every
+      env's steps, those after an episode's end included) and ``policy_calls``.
     """
     num_envs = envs.num_envs
     chunked = obs_horizon is not None
     returns, successes, lengths = [], [], []
-    calls = 0
+    calls, env_steps, policy_s, start = 0, 0, 0.0, time.perf_counter()
     for r in range(math.ceil(num_episodes / num_envs)):
         obs, _ = envs.reset(seed=[seed + r * num_envs + i for i in range(num_envs)])
         obs = obs_fn(obs)
@@ -78,10 +81,13 @@ def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, nu
         while not done.all():
             if not queue:
                 policy_obs = np.stack(history, axis=1) if chunked else history[-1]
+                t0 = time.perf_counter()
                 actions = np.asarray(policy(policy_obs, jax.random.fold_in(key, calls)))
+                policy_s += time.perf_counter() - t0
                 calls += 1
                 queue = [actions[:, i] for i in range(n_action)] if chunked else [actions]
             obs, reward, terminated, truncated, info = envs.step(queue.pop(0))
+            env_steps += num_envs
             active = ~done
             ret += np.where(active, reward, 0.0)
             length += active
@@ -97,7 +103,9 @@ def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, nu
     return {"returns": returns, "successes": successes, "lengths": lengths,
             "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
             "success_rate": float(np.mean(successes)), "length_mean": float(np.mean(lengths)),
-            "episodes": len(returns)}
+            "episodes": len(returns),
+            "timing": {"wall_s": time.perf_counter() - start, "policy_s": policy_s,
+                       "env_steps": env_steps, "policy_calls": calls}}
 
 
 def _success(info: dict, reward: np.ndarray, num_envs: int) -> np.ndarray:

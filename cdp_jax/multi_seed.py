@@ -113,7 +113,8 @@ def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config: TrainC
     out = evaluation.evaluate(
         policy, envs, keys[0], num_episodes=rounds * num * per, obs_fn=obs_fn,
         obs_horizon=agent_config.obs_horizon if windows else None,
-        n_action=agent_config.n_action if windows else 1, seed=0)
+        n_action=agent_config.n_action if windows else 1, seed=0,
+        max_episode_steps=config.max_episode_steps)
     results = []
     # (round, seed, env) -> per seed, episodes in the order of a single-seed evaluation
     by_seed = {name: np.moveaxis(np.asarray(out[name]).reshape(rounds, num, per), 1, 0)
@@ -124,7 +125,8 @@ def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config: TrainC
         result = {"returns": returns.tolist(), "successes": successes.tolist(),
                   "lengths": lengths.tolist(), "return_mean": float(np.mean(returns)),
                   "return_std": float(np.std(returns)), "success_rate": float(np.mean(successes)),
-                  "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
+                  "length_mean": float(np.mean(lengths)), "episodes": len(returns),
+                  "timing": {**out["timing"], "seeds": num}}  # the joint rollout of all seeds
         if data.ref_min_score is not None and data.ref_max_score is not None:
             scores = minari.normalized_score(data, result["returns"])
             result.update(normalized_scores=scores.tolist(), normalized_score=float(scores.mean()),

@@ -272,6 +272,35 @@ class ConcatDense(nn.Module):
         return jnp.dot(jnp.concatenate([x, cond], axis=-1), kernel_xc) + shared
 
 
+class SplitDense(nn.Module):
+    """``Dense(concatenate(parts, -1))`` computed as ``sum_i parts[i] @ kernel[rows_i] + bias``
+    (parameters exactly those of ``nn.Dense`` over the concatenation).
+
+    The same numbers, but a part that does not depend on the input being differentiated (the
+    noise level, the observation) then adds nothing to a Jacobian-vector product: the exact
+    contraction penalty pushes ``d`` tangents of the noisy action through the network, and with
+    one concatenated matmul those tangents would be padded with zeros for every other part.
+    """
+
+    features: int
+    param_init: str = "flax"
+
+    @nn.compact
+    def __call__(self, parts) -> jax.Array:
+        widths = [p.shape[-1] for p in parts]
+        width = sum(widths)
+        torch_init = self.param_init == "torch"
+        kernel = self.param("kernel", _torch_uniform(width) if torch_init
+                            else nn.initializers.lecun_normal(), (width, self.features))
+        bias = self.param("bias", _torch_uniform(width) if torch_init
+                          else nn.initializers.zeros_init(), (self.features,))
+        out, start = bias[None, :], 0
+        for part, w in zip(parts, widths, strict=True):
+            out = out + jnp.dot(part, kernel[start:start + w])
+            start += w
+        return out
+
+
 class DQLActor(nn.Module):
     """Diffusion-QL denoiser: ``(x (B, *event), t (B,) or (1,), cond (B, ...)) -> (B, *event)``.
 
@@ -365,16 +394,16 @@ class PearceActor(nn.Module):
         t_e = jnp.broadcast_to(time_embedding(self.time_embedding, e)(t), (b, e))
         t_raw = jnp.broadcast_to(t.astype(xf.dtype)[:, None], (b, 1))
 
-        def block(inp, name):
-            y = dense(h, inp.shape[-1], init, name=name)(inp)
+        def block(parts, name):  # Dense over the concatenated parts (see SplitDense)
+            y = SplitDense(h, init, name=name)(parts)
             y = GroupNorm1d(num_groups=min(8, h // 4), epsilon=1e-5, name=f"{name}_norm")(y)
             return gelu_exact(y)
 
-        h1 = block(jnp.concatenate([x_e, t_e, obs_e], axis=-1), "fc1")
-        h2 = block(jnp.concatenate([h1 / 1.414, xf, t_raw], axis=-1), "fc2") + h1 / 1.414
-        h3 = block(jnp.concatenate([h2 / 1.414, xf, t_raw], axis=-1), "fc3") + h2 / 1.414
-        out = dense(act_dim, h + act_dim + 1, init, name="fc_out")(
-            jnp.concatenate([h3, xf, t_raw], axis=-1))
+        # the parts that depend on the action first, the others (time, observation) joined
+        h1 = block([x_e, jnp.concatenate([t_e, obs_e], axis=-1)], "fc1")
+        h2 = block([h1 / 1.414, xf, t_raw], "fc2") + h1 / 1.414
+        h3 = block([h2 / 1.414, xf, t_raw], "fc3") + h2 / 1.414
+        out = SplitDense(act_dim, init, name="fc_out")([h3, xf, t_raw])
         return out.reshape(x.shape)
 
 

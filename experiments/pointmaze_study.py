@@ -16,7 +16,9 @@ Studies (``--study``):
   Frobenius penalty, window 1.0 (all noise levels); and both main arms re-evaluated with 5, 15 and
   50 solver steps.
 
-Cells already finished (``seeds.json`` present) are skipped, so an interrupted study resumes::
+Cells already finished (``seeds.json`` present) are skipped, and a cell interrupted in the middle
+continues from its seeds' latest checkpoint (``train.py --resume``), so an interrupted study
+resumes where it stopped::
 
     python experiments/pointmaze_study.py                         # every study, then the JSON
     python experiments/pointmaze_study.py --study offline_rl --mazes umaze
@@ -62,16 +64,20 @@ class Cell:
     group: str = ""  # the row a cell belongs to in the tables (e.g. "umaze 5%")
     arm: str = ""  # the column (e.g. "vanilla", "cdp", "weight=1")
     extra_args: tuple[str, ...] = ()  # further train.py flags (e.g. "--batch-size", "128")
+    preset: str | None = None  # a train.py --preset the cell starts from (e.g. "paper")
+    steps: int | None = None  # gradient steps of this cell (None: the study's --steps)
 
     def command(self, args) -> list[str]:
         cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "--agent", self.agent,
                "--dataset", self.dataset, "--contraction-weight", str(self.weight),
-               "--seeds", args.seeds, "--steps", str(args.steps), "--eval-every",
+               "--seeds", args.seeds, "--steps", str(self.steps or args.steps), "--eval-every",
                str(args.eval_every), "--checkpoint-every", str(args.eval_every),
                "--eval-episodes", str(args.eval_episodes), "--eval-envs",
                str(min(args.eval_episodes, 10)), "--updates-per-call",
                str(math.gcd(250, args.eval_every)), "--name", self.name, "--run-dir",
                str(self.run_dir(args)), "--no-progress"]
+        if self.preset is not None:
+            cmd += ["--preset", self.preset]
         if self.fraction is not None:
             cmd += ["--fraction", str(self.fraction)]
         for s in self.sets:
@@ -128,15 +134,31 @@ def ablation_reference_cells() -> list[Cell]:
     return [c for c in cells_for("offline_rl", ("umaze",)) if c.fraction == 0.05]
 
 
+def started(run_dir: Path) -> bool:
+    """Whether a cell's run has begun (a seed's ``config.json`` is written before training)."""
+    return any(run_dir.glob("seed_*/config.json"))
+
+
 def run_cell(cell: Cell, args) -> float | None:
-    """Train one cell unless it has finished; returns the wall time or None when skipped."""
+    """Train one cell unless it has finished; returns the wall time or None when skipped.
+
+    A cell that was interrupted continues from its seeds' latest checkpoint (``train.py
+    --resume``, which refuses any change of configuration); its log is appended to.
+    """
     run_dir = cell.run_dir(args)
     if (run_dir / "seeds.json").exists():
         return None
+    command = cell.command(args)
+    resume = started(run_dir)
+    if resume:
+        command.append("--resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "w") as log:
-        proc = subprocess.run(cell.command(args), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    with open(run_dir.with_suffix(".log"), "a" if resume else "w") as log:
+        if resume:
+            log.write(f"\n--- resumed: {' '.join(command)}\n")
+            log.flush()
+        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); see "
                            f"{run_dir.with_suffix('.log')}")
@@ -277,9 +299,14 @@ def _diagnostics_fn(agent_name: str, agent_config):
 
     module = training.get_agent(agent_name)
     actor = module._actor(agent_config)
-    schedule = common.make_schedule(agent_config.schedule, agent_config.diffusion_steps)
+    # the agent's own schedule, grid and clipping (the paper presets: CleanDiffuser's, unclipped IL)
+    option = lambda name, default: getattr(agent_config, name, default)
+    schedule = common.make_schedule(agent_config.schedule, agent_config.diffusion_steps,
+                                    option("schedule_discretization", "ddpm"))
+    clip = option("sampler_clip_x0", True)
     kw = dict(method=agent_config.sampler, prediction=agent_config.prediction,
-              steps=agent_config.sampler_steps, clip_x0=(-1.0, 1.0))
+              steps=agent_config.sampler_steps, spacing=option("sampler_spacing", "uniform"),
+              clip_x0=(-1.0, 1.0) if clip else None)
 
     def run(params, obs, actions, key):
         denoiser = lambda x, t, c: actor.apply(params, x, t, c)

@@ -105,3 +105,28 @@ def test_eval_record_summary(tmp_path):
 def test_bad_vector_mode():
     with pytest.raises(ValueError, match="vector env mode"):
         evaluation.make_vector_env(CountdownEnv, 2, "threads")
+
+
+def test_multi_seed_evaluation_caps_episodes_and_reports_timing():
+    """All seeds' joint rollout applies the run's ``max_episode_steps`` as a single-seed
+    evaluation does (it once ignored it), and reports how long the evaluation took."""
+    from types import SimpleNamespace
+
+    from cdp_jax import multi_seed
+
+    seeds, per = (0, 1), 2
+    envs = multi_seed.SeedBlockResets(evaluation.make_vector_env(CountdownEnv, 4), seeds, per)
+    states = SimpleNamespace(config=SimpleNamespace(obs_horizon=None, n_action=1))
+    data = SimpleNamespace(obs_keys=(), ref_min_score=None, ref_max_score=None)
+    norms = [SimpleNamespace(normalize=lambda x: x)] * len(seeds)
+    config = SimpleNamespace(eval_envs=per, eval_episodes=2, max_episode_steps=3)
+    act = lambda states, obs, keys: np.zeros(obs.shape[:2] + (1,), np.float32)
+    results = multi_seed.evaluate_seeds(act, "dql", states, data, norms, envs, config, seeds, 0)
+    envs.close()
+    for seed, result in zip(seeds, results, strict=True):
+        natural = np.array([3 + (seed * 100_000 + i) % 5 for i in range(per)], float)
+        assert natural.max() > 3
+        np.testing.assert_array_equal(result["returns"], np.minimum(natural, 3.0))
+        timing = result["timing"]
+        assert timing["seeds"] == 2 and timing["wall_s"] >= timing["policy_s"] > 0
+        assert timing["env_steps"] == 4 * timing["policy_calls"] == 4 * 3  # 4 envs, capped at 3

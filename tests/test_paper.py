@@ -239,11 +239,16 @@ def test_replace_keeps_presets_frozen():
     assert paper.PAPER_IL["contraction"].window == 1.0 and paper.PAPER_PENALTY.window == 0.1
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("target", ["network", "drift"])
-def test_exact_frobenius_batch_matches_per_sample_reference(x64, target):
+def test_exact_frobenius_batch_matches_per_sample_reference(x64, target, chunked, monkeypatch):
     """The batched exact penalty (one forward, d VJPs) equals the per-sample jacfwd reference,
-    averaged over the in-window samples only (static-shape mask)."""
+    averaged over the in-window samples only (static-shape mask); also when the batch's tangents
+    go through in chunks (``lax.map``), with the same parameter gradient."""
     from cdp_jax import contraction
+
+    if chunked:  # 12 samples x d = 4 x width 16 floats: chunks of 3 samples
+        monkeypatch.setattr(contraction, "EXACT_CHUNK_FLOATS", 3 * 4 * 16)
 
     schedule = schedules.cosine(10, discretization="cleandiffuser")
     actor = networks.DQLActor(hidden_dim=16, time_dim=8)
@@ -251,7 +256,7 @@ def test_exact_frobenius_batch_matches_per_sample_reference(x64, target):
     x = jax.random.normal(key, (12, 2, 2), jnp.float64)  # chunks: d = 4
     t = jnp.arange(12) % 10
     cond = jax.random.normal(jax.random.PRNGKey(1), (12, 3), jnp.float64)
-    params = actor.init(key, x, t, cond)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), actor.init(key, x, t, cond))
     den = lambda xx, tt, cc: actor.apply(params, xx, tt, cc)
     config = contraction.ContractionConfig(weight=2.0, penalty="frobenius", frobenius_scale="dim_squared",
                                            frobenius_estimator="exact", target=target, window=0.3,
@@ -264,6 +269,22 @@ def test_exact_frobenius_batch_matches_per_sample_reference(x64, target):
     in_window = np.asarray((t + 1) / 10 <= 0.3 + 1e-6)
     assert int(metrics["contraction/num_penalised"]) == in_window.sum() == 5  # levels 0,1,2,0,1
     np.testing.assert_allclose(loss, 2.0 * np.mean(np.asarray(ref)[in_window]), rtol=1e-12)
+    width = contraction._widest_activation(lambda y: den(y, t, cond), x)
+    assert width == 16 and contraction._chunk_size(12, 4 * width) == (3 if chunked else 12)
+
+    def penalty_of(p, exact_reference):
+        den_p = lambda xx, tt, cc: actor.apply(p, xx, tt, cc)
+        if not exact_reference:
+            return contraction.contraction_regulariser(config, den_p, schedule, x, t, cond, key,
+                                                       prediction="x0")[0]
+        values = jax.vmap(lambda xi, ti, ci: contraction.exact_sym_jacobian_frobenius(
+            contraction.target_function(target, den_p, schedule, ti, ci[None], "x0"), xi,
+            shift=0.1, scale="dim_squared"))(x, t, cond)
+        return 2.0 * jnp.sum(jnp.where(in_window, values, 0.0)) / in_window.sum()
+
+    grads = [jax.jit(jax.grad(penalty_of), static_argnums=1)(params, r) for r in (False, True)]
+    for ours, reference in zip(*map(jax.tree_util.tree_leaves, grads), strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-14)
 
 
 @pytest.mark.parametrize("method", sorted(samplers.SAMPLERS))

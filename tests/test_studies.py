@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import fetch_study  # noqa: E402
+import paper_study  # noqa: E402
 import pointmaze_study  # noqa: E402
 import report_results  # noqa: E402
 
@@ -112,3 +113,80 @@ def test_fetch_study_quick(tmp_path, monkeypatch):
     assert len(record["cells"]) == 4 and record["missing"] == []
     assert report_results.main(["--results", str(out), "--figures", str(tmp_path / "figs"),
                                 "--prefix", "fetch", "--label", "Fetch"]) == 0
+
+
+def test_paper_study_grid():
+    """The paper-protocol grid: both arms on the same rows, transitions for RL, episodes for IL,
+    the sweep and quirk cells on Hopper medium-replay 10 % next to the rl cells they compare to."""
+    rl = paper_study.cells_for("rl", ("umaze", "medium", "hopper-mr", "hopper-m"))
+    assert len(rl) == 16 and len({c.name for c in rl}) == 16
+    assert {c.preset for c in rl} == {"paper"} and {c.fraction for c in rl} == {None, 0.1}
+    assert {(c.arm, c.weight) for c in rl} == {("edp", 0.0), ("cdp", 0.1)}
+    il = paper_study.cells_for("il", ("umaze", "push", "hopper-m"), il_steps=300)
+    assert len(il) == 8 and {c.preset for c in il} == {"paper-il"} and {c.steps for c in il} == {300}
+    assert all("--fraction-unit" in c.extra_args for c in il)
+    sweep = paper_study.cells_for("sweep", ())
+    assert [c.weight for c in sweep] == [0.01, 1.0] and {c.fraction for c in sweep} == {0.1}
+    assert "=" not in "".join(c.name for c in sweep)  # directory names
+    quirks = paper_study.cells_for("quirks", ())
+    assert [c.sets for c in quirks] == [("time_embedding=positional",), ("tau=0.005",),
+                                        ("ema_warmup=copy",)]
+    assert [c.name for c in paper_study.reference_cells("quirks")] == [
+        "rl_hopper-mr_f10_edp", "rl_hopper-mr_f10_cdp"]
+    args = paper_study.parse_args(["--runs-root", "/r"])
+    command = rl[3].command(args)
+    assert command[command.index("--preset") + 1] == "paper" and "--fraction" in command
+    assert command[command.index("--steps") + 1] == "20000"
+    with pytest.raises(ValueError, match="Unknown study"):
+        paper_study.cells_for("bogus", ())
+
+
+def test_study_cell_resumes_in_the_middle(tmp_path, monkeypatch):
+    """A cell with a run under way (a seed's config.json) continues it with --resume and appends
+    to its log; a fresh cell starts without; a finished one (seeds.json) is skipped."""
+    calls = []
+
+    def fake_run(command, stdout, **kwargs):
+        calls.append(command)
+        stdout.write("trained\n")
+        return pointmaze_study.subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(pointmaze_study.subprocess, "run", fake_run)
+    args = paper_study.parse_args(["--runs-root", str(tmp_path)])
+    cell = paper_study.cells_for("rl", ("umaze",))[0]
+    run_dir = cell.run_dir(args)
+    assert pointmaze_study.run_cell(cell, args) is not None and "--resume" not in calls[-1]
+    (run_dir / "seed_0").mkdir(parents=True)
+    (run_dir / "seed_0" / "config.json").write_text("{}")
+    assert pointmaze_study.run_cell(cell, args) is not None and calls[-1][-1] == "--resume"
+    log = run_dir.with_suffix(".log").read_text()
+    assert log.count("trained") == 2 and "--- resumed:" in log
+    (run_dir / "seeds.json").write_text("{}")
+    assert pointmaze_study.run_cell(cell, args) is None and len(calls) == 2
+
+
+def test_paper_study_skips_unbuilt_datasets(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "empty"))
+    argv = ["--study", "sweep", "--runs-root", str(tmp_path / "runs"), "--out",
+            str(tmp_path / "out"), "--no-diagnostics"]
+    assert paper_study.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "skipping rl_hopper-mr_f10_weight0.01: dataset cdp/hopper/medium-replay-v0" in out
+    assert "make_dataset.py locomotion --env hopper --kind medium-replay" in out
+    record = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert len(record["missing"]) == 4 and record["cells"] == {}
+
+
+@pytest.mark.slow
+def test_paper_study_quick(minari_root, tmp_path, monkeypatch):
+    """Smoke run of the paper-protocol study: one rl and one il cell (paper / paper-il presets),
+    2 seeds, 20 steps, diagnostics and the JSON."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+    out = tmp_path / "results"
+    for study in ("rl", "il"):
+        argv = ["--quick", "--study", study, "--tasks", "umaze", "--cells",
+                f"{study}_umaze_f10_cdp", "--runs-root", str(tmp_path / "runs"), "--out", str(out)]
+        assert paper_study.main(argv) == 0
+        cell = json.loads((out / f"{study}.json").read_text())["cells"][f"{study}_umaze_f10_cdp"]
+        assert set(cell["seeds"]) == {"0", "1"}
+        assert all(s["diagnostics"] is not None for s in cell["seeds"].values())

@@ -1,0 +1,182 @@
+"""The paper's protocol, measured: CDP vs EDP under the ``paper`` / ``paper-il`` presets.
+
+Every cell is one ``experiments/train.py --preset paper[-il] --seeds ...`` call (all seeds of a
+cell trained as one vmapped program: both arms of a row see the same seeds and therefore the same
+data subsets), with the machinery of ``experiments/pointmaze_study.py``: finished cells are
+skipped, an interrupted cell continues from its last checkpoint (``--resume``), then contraction
+diagnostics and ``results/paper/<study>.json``.
+
+Studies (``--study``; cells run in this order, the cheapest first):
+
+* ``rl``: the official offline-RL pipeline (``--preset paper``: EDP + Diffusion-QL critic, the
+  exact ``mean((J_sym + 0.1 I)^2)`` penalty, EMA actor, 100 candidates at noise temperature 0.5
+  ranked by a softmax over the target critic's min-Q), weight 0 (EDP as the official code runs
+  it) vs 0.1 (the paper's default), 100 % and 10 % of the *transitions* (the official low-data
+  protocol), on PointMaze umaze and medium and Hopper medium-replay and medium (``--tasks``).
+  PointMaze has no official row: eta 2, candidate temperature 10, reward ``r - 1`` and 10 TD
+  samples are antmaze-medium-play's (``cdp_jax.paper.PROJECT_ROWS``).
+* ``il``: the official imitation pipeline (``--preset paper-il``: Pearce MLP, history 2, one
+  action, penalty on every noise level) on PointMaze umaze and Fetch Push, 100 % and 10 % of the
+  demonstrations (whole episodes), weight 0 vs 0.1.
+* ``sweep``: Hopper medium-replay at 10 %, weight 0.01 and 1 (0 and 0.1 are the ``rl`` cells).
+* ``quirks``: Hopper medium-replay at 10 %, weight 0.1, with one of cdp_jax's corrected choices
+  switched in: ``time_embedding=positional`` (float t instead of the integer-t quirk),
+  ``tau=0.005`` (standard Polyak targets instead of CleanDiffuser's 0.995 formula),
+  ``ema_warmup=copy`` (EMA warmed up by copying instead of staying at the initial weights).
+
+Cells whose dataset is not built yet are listed with the command that builds it and skipped::
+
+    python experiments/make_dataset.py pointmaze --maze medium --num-steps 1000000
+    python experiments/make_dataset.py fetch --task push
+    python experiments/paper_study.py                        # every study, then the JSON
+    python experiments/paper_study.py --study rl --tasks umaze
+    python experiments/paper_study.py --collect-only         # rebuild the JSON from runs/
+    python experiments/paper_study.py --quick --runs-root /tmp/s --out /tmp/r --tasks umaze
+
+Defaults: 5 seeds; offline RL 20,000 gradient steps per run (10 % of the paper's 200k: the floor
+the study issue sets), evaluation and checkpoint every 2,000 steps on 10 episodes per seed (the
+learning curve; the paper evaluates every 20k steps on 50); imitation 5,000 steps (``--il-steps``;
+its whole-batch exact penalty makes a step 20x dearer, see ``IL_STEPS``), every 1,000 steps.
+Tables: ``python experiments/report_results.py --results results/paper``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pointmaze_study as study  # noqa: E402
+
+from cdp_jax import cli  # noqa: E402
+
+ROOT = study.ROOT
+STUDIES = ("rl", "il", "sweep", "quirks")
+# task -> (dataset id, command that builds it)
+RL_TASKS = {
+    "umaze": ("cdp/pointmaze/umaze-v0", "make_dataset.py pointmaze --maze umaze"),
+    "medium": ("cdp/pointmaze/medium-v0",
+               "make_dataset.py pointmaze --maze medium --num-steps 1000000"),
+    "hopper-mr": ("cdp/hopper/medium-replay-v0",
+                  "make_dataset.py locomotion --env hopper --kind medium-replay --policy-dir DIR"),
+    "hopper-m": ("cdp/hopper/medium-v0",
+                 "make_dataset.py locomotion --env hopper --kind medium --policy-dir DIR"),
+}
+IL_TASKS = {
+    "umaze": RL_TASKS["umaze"],
+    "push": ("cdp/fetch/push-v0", "make_dataset.py fetch --task push"),
+}
+FRACTIONS = (None, 0.1)
+ARMS = (("edp", 0.0), ("cdp", study.MAIN_WEIGHT))
+SWEEP_WEIGHTS = (0.01, 1.0)
+QUIRKS = {"float_embedding": "time_embedding=positional", "polyak_targets": "tau=0.005",
+          "ema_copy": "ema_warmup=copy"}
+# The il cells' exact penalty on every sample of every batch of 512 costs about 0.55 s per step
+# for 5 seeds at d = 2 (PointMaze) on a 2-core CPU (20x the unpenalised step): 20k steps would
+# take 3 hours per cell, so the il cells train for fewer steps than the offline-RL ones.
+IL_STEPS = 5000
+ABLATION_TASK = "hopper-mr"  # the sweep and quirk cells: Hopper medium-replay at 10 %
+
+
+def _rl_cell(study_name: str, task: str, fraction, arm: str, weight: float,
+             sets: tuple[str, ...] = ()) -> study.Cell:
+    pct = study._pct(fraction)
+    name = f"rl_{task}_f{pct.rstrip('%')}_{arm.replace('=', '')}"
+    return study.Cell(study_name, name, "dql", RL_TASKS[task][0],
+                      fraction, weight, sets=sets, group=f"{task} {pct}", arm=arm,
+                      preset="paper")
+
+
+def cells_for(name: str, tasks: tuple[str, ...], il_steps: int | None = None,
+              il_eval_every: int = 1000) -> list[study.Cell]:
+    """The grid of one study (see the module docstring)."""
+    if name == "rl":
+        return [_rl_cell("rl", task, fraction, arm, weight)
+                for task in tasks if task in RL_TASKS
+                for fraction in FRACTIONS for arm, weight in ARMS]
+    if name == "il":
+        out = []
+        for task in (t for t in tasks if t in IL_TASKS):
+            for fraction in FRACTIONS:
+                pct = study._pct(fraction)
+                for arm, weight in ARMS:
+                    out.append(study.Cell(
+                        "il", f"il_{task}_f{pct.rstrip('%')}_{arm}", "dbc", IL_TASKS[task][0],
+                        fraction, weight, group=f"{task} {pct}", arm=arm, preset="paper-il",
+                        extra_args=("--fraction-unit", "episodes", "--eval-every",
+                                    str(il_eval_every), "--checkpoint-every",
+                                    str(il_eval_every)), steps=il_steps))
+        return out
+    if name == "sweep":
+        return [_rl_cell("sweep", ABLATION_TASK, 0.1, f"weight={w:g}", w) for w in SWEEP_WEIGHTS]
+    if name == "quirks":
+        return [_rl_cell("quirks", ABLATION_TASK, 0.1, quirk, study.MAIN_WEIGHT, sets=(setting,))
+                for quirk, setting in QUIRKS.items()]
+    raise ValueError(f"Unknown study {name!r}; expected one of {STUDIES}.")
+
+
+def reference_cells(name: str) -> list[study.Cell]:
+    """The ``rl`` cells (Hopper medium-replay 10 %, both arms) a sweep / quirk table compares to."""
+    if name not in ("sweep", "quirks"):
+        return []
+    return [c for c in cells_for("rl", (ABLATION_TASK,)) if c.fraction == 0.1]
+
+
+def dataset_missing(dataset_id: str) -> bool:
+    from cdp_jax.data import minari  # noqa: PLC0415 (keep --help free of JAX start-up)
+
+    return not Path(minari.dataset_path(dataset_id), "data").is_dir()
+
+
+def build_hint(dataset_id: str) -> str:
+    commands = {data: command for table in (RL_TASKS, IL_TASKS) for data, command in table.values()}
+    return f"python experiments/{commands[dataset_id]}"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", choices=(*STUDIES, "all"), default="all")
+    parser.add_argument("--tasks", nargs="+", default=["umaze", "medium", "push", "hopper-mr",
+                                                        "hopper-m"],
+                        choices=sorted({*RL_TASKS, *IL_TASKS}),
+                        help="tasks of the rl and il studies (the order cells run in)")
+    parser.add_argument("--cells", nargs="+", default=None, metavar="NAME",
+                        help="only these cells (names as in runs/paper_study/<study>/)")
+    study.add_run_args(parser, out=str(ROOT / "results" / "paper"), steps=20_000,
+                       eval_every=2000, eval_episodes=10)
+    parser.add_argument("--il-steps", type=int, default=IL_STEPS,
+                        help="gradient steps of the il cells (--steps is the offline-RL cells')")
+    parser.set_defaults(runs_root=str(ROOT / "runs" / "paper_study"))
+    args = study.parse_run_args(parser, argv)
+    if args.quick:
+        args.il_steps = args.steps
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = STUDIES if args.study == "all" else (args.study,)
+    for name in names:
+        cells = reference_cells(name) + cells_for(name, tuple(args.tasks), args.il_steps,
+                                                  min(args.eval_every, 1000))
+        if args.cells is not None:
+            cells = [c for c in cells if c.name in args.cells]
+        if not args.collect_only:
+            ready = []
+            for cell in cells:
+                if dataset_missing(cell.dataset):
+                    print(f"[{name}] skipping {cell.name}: dataset {cell.dataset} is not built; "
+                          f"build it with: {build_hint(cell.dataset)}", flush=True)
+                else:
+                    ready.append(cell)
+            study.run_cells(name, ready, args)
+        study.diagnose_finished(cells, args)
+        print(f"{name}: {study.collect(name, cells, args)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
