@@ -44,6 +44,10 @@ def test_official_table_has_every_task_config_of_the_official_code():
     assert paper.TASKS["kitchen-mixed"] == paper.TaskRow(0.005, 5.0, 280, "none", 1)
     assert all(row.source == "official" for row in paper.TASKS.values())
     assert all(row.source.startswith("cdp_jax") for row in paper.PROJECT_ROWS.values())
+    # PointMaze: AntMaze's eta, temperature and reward, one TD sample (see cdp_jax.paper)
+    assert paper.PROJECT_ROWS["pointmaze-umaze"] == dataclasses.replace(
+        paper.TASKS["antmaze-medium-play"], max_episode_steps=300, td_samples=1,
+        source=paper.PROJECT_ROWS["pointmaze-umaze"].source)
 
 
 def test_paper_preset_takes_the_task_row():
