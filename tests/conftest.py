@@ -75,3 +75,36 @@ def _unoptimised_cpu_codegen():
 
 _share_compilations_within_the_run()
 _unoptimised_cpu_codegen()
+
+
+# CDP_TEST_CPU_REPORT=<file>: write every test's CPU seconds (setup + call + teardown, this
+# process plus the scripts it ran and waited for) to <file>, dearest first, to keep the default
+# suite under its CPU budget (see the README).
+_CPU_REPORT = os.environ.get("CDP_TEST_CPU_REPORT")
+_cpu_seconds: dict[str, tuple[float, float]] = {}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import time
+
+    start, children = time.process_time(), _children_cpu()
+    yield
+    _cpu_seconds[item.nodeid] = (time.process_time() - start, _children_cpu() - children)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CPU_REPORT and _cpu_seconds:
+        rows = sorted(_cpu_seconds.items(), key=lambda kv: -sum(kv[1]))
+        lines = [f"{own + sub:8.2f}  {name}" + (f"  (scripts {sub:.2f})" if sub else "")
+                 for name, (own, sub) in rows]
+        own, sub = (sum(v[i] for v in _cpu_seconds.values()) for i in (0, 1))
+        lines.append(f"{own + sub:8.2f}  total in tests ({own:.2f} this process, {sub:.2f} scripts)")
+        Path(_CPU_REPORT).write_text("\n".join(lines) + "\n")

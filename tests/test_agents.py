@@ -69,9 +69,10 @@ def _actor_grads(agent, state, batch, key):
 
 
 @pytest.mark.parametrize("agent,overrides,make_batch", [
-    # DQL: test_weight_zero_update_is_exactly_vanilla checks the whole update in the default run.
+    # DQL: test_weight_zero_update_is_exactly_vanilla checks the whole update in the default run;
+    # IDQL calls the regulariser as DQL does. DBC stays in the default run.
     pytest.param(dql, TINY_DQL, lambda k: _rl_batch(k), marks=pytest.mark.slow),
-    (idql, TINY_IDQL, lambda k: _rl_batch(k)),
+    pytest.param(idql, TINY_IDQL, lambda k: _rl_batch(k), marks=pytest.mark.slow),
     (dbc, TINY_DBC, lambda k: {"observations": jax.random.normal(k, (32, 2, 4)),
                                "actions": jnp.tanh(jax.random.normal(k, (32, 3, 2)))}),
 ])
@@ -104,6 +105,7 @@ def test_weight_zero_update_is_exactly_vanilla(monkeypatch):
     assert m_zero["actor/loss"] == m_vanilla["actor/loss"]
 
 
+@pytest.mark.slow  # the regulariser's own tests (test_contraction.py) check its gradient
 def test_positive_weight_changes_the_actor_gradient():
     key = jax.random.PRNGKey(0)
     config = dql.default_config(**TINY_DQL)
@@ -138,6 +140,7 @@ def test_dql_update_shapes_and_losses_fall():
     assert float(jnp.abs(actions).max()) <= 1.0
 
 
+@pytest.mark.slow  # IDQL: the same losses and sampler as DQL with another critic
 def test_idql_losses_fall_and_act_shapes():
     key = jax.random.PRNGKey(0)
     state = idql.init(key, idql.default_config(**TINY_IDQL), 4, 2)
@@ -171,6 +174,7 @@ def test_dql_candidate_resampling_picks_high_q():
     np.testing.assert_allclose(chosen, best, atol=1e-6)
 
 
+@pytest.mark.slow  # DBC's update is parity-tested against the official one (test_parity.py)
 def test_dbc_puts_samples_near_the_modes():
     """2-D toy: actions are one of two modes; after training, samples sit near a mode."""
     modes = jnp.array([[0.5, 0.5], [-0.5, -0.5]])

@@ -27,6 +27,7 @@ def _net_and_params(name, chunk, batch=3, seed=0):
     return net, jax.jit(net.init)(kp, x, t, cond), x, t, cond
 
 
+@pytest.mark.slow  # test_samplers_run_chunk_denoiser and the contraction estimate run both nets
 @pytest.mark.parametrize("name", sorted(chunk_networks.CHUNK_ACTORS))
 def test_chunk_shapes_jit_and_per_sample(name):
     """A 16 x 7 chunk in, a 16 x 7 chunk out, under jit; one compilation per network."""

@@ -1,5 +1,8 @@
-"""The scripts in ``experiments/`` as a user runs them (subprocesses): a mistake in the input ends
-in one ``error: ...`` line, last on stderr, with exit status 2, and no traceback.
+"""The scripts in ``experiments/`` as a user runs them: a mistake in the input ends in one
+``error: ...`` line, last on stderr, with exit status 2, and no traceback. Checks that involve a
+checkpoint library's threads or another process run the script as a subprocess; the others call
+its ``main`` through :func:`cdp_jax.cli.run` in this process, what ``python <script>`` does (the
+same code path, without a fresh interpreter and JAX start-up per check).
 
 One tiny dataset and one saved run (``config.json`` and two checkpoints of an initialised agent,
 no training) serve the whole module; every command fails before anything is compiled.
@@ -63,6 +66,14 @@ def _script(name, *args):
     return out.returncode, out.stderr.strip().splitlines()[-1], out.stderr
 
 
+def _in_process(capsys, name, *args):
+    """``_script``'s result from ``cli.run(<script>.main, args)`` in this process."""
+    capsys.readouterr()  # drop earlier output
+    code = cli.run(_load(name).main, list(args))
+    stderr = capsys.readouterr().err.strip()
+    return code, (stderr.splitlines() or [""])[-1], stderr
+
+
 def _assert_error_line(result, *fragments):
     code, last, stderr = result
     assert code == cli.EXIT_USER_ERROR, stderr[-3000:]
@@ -72,17 +83,17 @@ def _assert_error_line(result, *fragments):
     assert "Traceback" not in stderr and "Event loop is closed" not in stderr, stderr[-3000:]
 
 
-def test_train_resume_without_a_run(saved_run, tmp_path):
+def test_train_resume_without_a_run(saved_run, tmp_path, capsys):
     missing = tmp_path / "typo"
-    _assert_error_line(_script("train", "--resume", "--run-dir", str(missing)),
+    _assert_error_line(_in_process(capsys, "train", "--resume", "--run-dir", str(missing)),
                        f"run directory {missing} does not exist")
     assert not missing.exists()
 
 
-def test_train_resume_conflicts_name_each_field(saved_run):
+def test_train_resume_conflicts_name_each_field(saved_run, capsys):
     before = (saved_run / "config.json").read_text()
     _assert_error_line(
-        _script("train", "--resume", "--run-dir", str(saved_run), "--batch-size", "64",
+        _in_process(capsys, "train", "--resume", "--run-dir", str(saved_run), "--batch-size", "64",
                 "--dataset", "cdp/pointmaze/umaze-v0", "--set", "eta=2", "--steps", "80"),
         "batch_size: saved 32, requested 64",
         f"dataset: saved '{DATASET}', requested 'cdp/pointmaze/umaze-v0'",
@@ -100,8 +111,8 @@ def test_train_damaged_checkpoint_is_one_message(saved_run, tmp_path):
                        "--resume --resume-from 20")
 
 
-def test_train_invalid_value_is_one_message(saved_run, tmp_path):
-    _assert_error_line(_script("train", "--set", "actor_lr=nan", "--run-dir", str(tmp_path)),
+def test_train_invalid_value_is_one_message(saved_run, tmp_path, capsys):
+    _assert_error_line(_in_process(capsys, "train", "--set", "actor_lr=nan", "--run-dir", str(tmp_path)),
                        "Invalid actor_lr=nan; must be a finite number.")
 
 
@@ -112,21 +123,21 @@ def test_train_on_a_run_another_process_owns(saved_run):
                            f"(pid {os.getpid()}")
 
 
-def test_evaluate_errors(saved_run, tmp_path):
+def test_evaluate_errors(saved_run, tmp_path, capsys):
     missing = tmp_path / "missing"
-    _assert_error_line(_script("evaluate", str(missing)),
+    _assert_error_line(_in_process(capsys, "evaluate", str(missing)),
                        f"run directory {missing} does not exist")
 
     run = _copy(saved_run, tmp_path)
     (checkpoint.step_dir(run / "checkpoints", 40) / "meta.json").write_text("{")
-    _assert_error_line(_script("evaluate", str(run)),
+    _assert_error_line(_in_process(capsys, "evaluate", str(run)),
                        "step_000000040 is damaged: cannot read meta.json",
                        "Other checkpoints: [20]", "--checkpoint STEP")
 
     # an evaluation of checkpoint 20 with the default tag exists: never silently replaced
     existing = run / "eval_20_eval.json"
     existing.write_text("{}")
-    _assert_error_line(_script("evaluate", str(run), "--checkpoint", "20"),
+    _assert_error_line(_in_process(capsys, "evaluate", str(run), "--checkpoint", "20"),
                        f"{existing} exists", "--tag", "--overwrite")
     assert existing.read_text() == "{}"
 

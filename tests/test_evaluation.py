@@ -39,7 +39,7 @@ def _expected(seeds):
     return lengths, lengths % 2 == 1
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["sync", pytest.param("async", marks=pytest.mark.slow)])
 def test_returns_stop_at_episode_end(mode):
     envs = evaluation.make_vector_env(CountdownEnv, 3, mode)
     calls = []

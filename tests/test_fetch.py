@@ -102,6 +102,7 @@ def _train(tmp_path, dataset_id, steps, eval_episodes, eval_envs, **agent):
     return training.train(config, agent_config)
 
 
+@pytest.mark.slow  # the chunk networks' own tests and the study's one-cell run stay default
 def test_dbc_unet_trains_and_evaluates_tiny(datasets_root):
     """CI version of the training run: the whole pipeline (windows, UNet denoiser, chunked
     receding-horizon evaluation on the vector env, success rate in eval.json)."""

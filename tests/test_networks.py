@@ -13,14 +13,15 @@ def test_mish_matches_definition(x64):
     x = jnp.linspace(-40.0, 40.0, 4001)
     reference = x * jnp.tanh(jax.nn.softplus(x))
     np.testing.assert_allclose(networks.mish(x), reference, rtol=1e-12, atol=1e-12)
-    g = jax.vmap(jax.grad(networks.mish))(x)
-    g_ref = jax.vmap(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v))))(x)
+    g = jax.jit(jax.vmap(jax.grad(networks.mish)))(x)
+    g_ref = jax.jit(jax.vmap(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v)))))(x)
     np.testing.assert_allclose(g, g_ref, rtol=1e-9, atol=1e-9)
-    h = jax.vmap(jax.grad(jax.grad(networks.mish)))(x)
-    h_ref = jax.vmap(jax.grad(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v)))))(x)
+    h = jax.jit(jax.vmap(jax.grad(jax.grad(networks.mish))))(x)
+    h_ref = jax.jit(jax.vmap(jax.grad(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v))))))(x)
     np.testing.assert_allclose(h, h_ref, rtol=1e-8, atol=1e-9)
-    h3 = jax.vmap(jax.grad(jax.grad(jax.grad(networks.mish))))(x)
-    h3_ref = jax.vmap(jax.grad(jax.grad(jax.grad(lambda v: v * jnp.tanh(jax.nn.softplus(v))))))(x)
+    h3 = jax.jit(jax.vmap(jax.grad(jax.grad(jax.grad(networks.mish)))))(x)
+    h3_ref = jax.jit(jax.vmap(jax.grad(jax.grad(jax.grad(
+        lambda v: v * jnp.tanh(jax.nn.softplus(v)))))))(x)
     np.testing.assert_allclose(h3, h3_ref, rtol=1e-8, atol=1e-9)
 
 
@@ -44,8 +45,10 @@ def test_sinusoidal_embedding_shape():
     chex.assert_type(out, jnp.float32)
 
 
-@pytest.mark.parametrize("name", sorted(networks.ACTORS))
-@pytest.mark.parametrize("event", [(3,), (4, 2)])
+@pytest.mark.parametrize("name,event", [
+    ("mlp", (3,)), ("lnresnet", (3,)), ("mlp", (4, 2)),
+    *(pytest.param(n, e, marks=pytest.mark.slow) for n, e in [
+        ("pearce", (3,)), ("pearce", (4, 2)), ("lnresnet", (4, 2))])])
 def test_actor_shapes(name, event):
     actor = networks.make_actor(name, hidden_dim=32, depth=2, time_dim=16)
     x = jnp.ones((5, *event))
@@ -97,12 +100,14 @@ def test_gelu_exact_and_group_standardize_derivatives(x64):
         f, g = networks.gelu_exact, ref
         for _ in range(order):
             f, g = jax.grad(f), jax.grad(g)
-        np.testing.assert_allclose(jax.vmap(f)(x), jax.vmap(g)(x), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(jax.jit(jax.vmap(f))(x), jax.jit(jax.vmap(g))(x), rtol=1e-9,
+                                   atol=1e-12)
     y = jax.random.normal(jax.random.PRNGKey(0), (3, 32), jnp.float64) * 2.0 + 0.5
     gn = lambda v: nn.GroupNorm(num_groups=4, epsilon=1e-5, use_scale=False, use_bias=False).apply({}, v)
     ours = lambda v: networks.group_standardize(v, 4, 1e-5)
     np.testing.assert_allclose(ours(y), gn(y), atol=1e-13)
     loss = lambda fn: (lambda v: jnp.sum(jnp.sin(fn(v)) * jnp.arange(32.0)[None]))
-    np.testing.assert_allclose(jax.grad(loss(ours))(y), jax.grad(loss(gn))(y), atol=1e-12)
-    np.testing.assert_allclose(jax.hessian(loss(ours))(y[:1]), jax.hessian(loss(gn))(y[:1]),
-                               atol=1e-11)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss(ours)))(y), jax.jit(jax.grad(loss(gn)))(y),
+                               atol=1e-12)
+    np.testing.assert_allclose(jax.jit(jax.hessian(loss(ours)))(y[:1]),
+                               jax.jit(jax.hessian(loss(gn)))(y[:1]), atol=1e-11)

@@ -243,8 +243,9 @@ def test_replace_keeps_presets_frozen():
     assert paper.PAPER_IL["contraction"].window == 1.0 and paper.PAPER_PENALTY.window == 0.1
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-@pytest.mark.parametrize("target", ["network", "drift"])
+@pytest.mark.parametrize("target,chunked", [  # the drift target's pair is slow-only
+    ("network", False), ("network", True), *(pytest.param("drift", c, marks=pytest.mark.slow)
+                                              for c in (False, True))])
 def test_exact_frobenius_batch_matches_per_sample_reference(x64, target, chunked, monkeypatch):
     """The batched exact penalty (one forward, d VJPs) equals the per-sample jacfwd reference,
     averaged over the in-window samples only (static-shape mask); also when the batch's tangents

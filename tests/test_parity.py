@@ -78,8 +78,8 @@ def cast(tree, dtype):
         jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x), tree)
 
 
-# float32 runs of the costlier whole-step tests live behind the slow marker (the float32 hopper
-# step, networks and samplers stay in the default run).
+# float32 runs of the costlier tests live behind the slow marker (the float32 samplers stay in
+# the default run; the float64 runs are the exact checks).
 SLOW_F32 = ["float64", pytest.param("float32", marks=pytest.mark.slow)]
 
 
@@ -151,6 +151,7 @@ def test_positional_embedding(x64):
 # ------------------------------------------------------------------------- networks
 
 
+@pytest.mark.slow  # the whole-step tests run the same networks against the same weights
 def test_networks_forward(precision):
     dtype, rtol = precision
     data = load("networks.npz")
@@ -292,6 +293,7 @@ def to_torch_pearce(params):
     return {k: np.asarray(v) for k, v in official.pearce_state(params).items()}
 
 
+@pytest.mark.parametrize("precision", SLOW_F32, indirect=True)
 def test_whole_rl_step_hopper(precision):
     """Two full official RL updates (critic, actor with EDP and the exact penalty, optimisers,
     learning-rate schedule, EMA and target updates) from the same weights, batches and draws."""
@@ -326,7 +328,8 @@ def test_whole_rl_step_hopper(precision):
     close_tree(to_torch_actor(state.ema_params), weights(data, "actor"), exact, "EMA")  # ours too
 
 
-@pytest.mark.parametrize("precision", SLOW_F32, indirect=True)
+@pytest.mark.slow  # the TD-target order itself is unit-tested in test_paper.py
+@pytest.mark.parametrize("precision", ["float64", "float32"], indirect=True)
 def test_whole_rl_step_antmaze_td_target(precision):
     """AntMaze: 10 next actions per state, per critic head the max, then the min over heads."""
     dtype, rtol = precision

@@ -207,6 +207,7 @@ def test_replay_insert_keeps_terminations_apart_from_truncations_and_wraps():
     np.testing.assert_array_equal(buffer["next_observations"][[8, 9, 0, 1], 2], [2, 4, 4, 8])
 
 
+@pytest.mark.slow
 def test_fractional_updates_per_step():
     """``updates_per_step = 0.5``: half as many gradient steps as env steps after
     ``learning_starts``; a product that is not a whole number of updates per call is refused."""

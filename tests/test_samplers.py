@@ -41,7 +41,8 @@ def test_gaussian_moments(method, prediction):
     np.testing.assert_allclose(x.std(0), S, rtol=0.03)
 
 
-@pytest.mark.parametrize("method", ["ddpm", "dpm_solver_pp_2m", "euler_maruyama"])
+@pytest.mark.parametrize("method", ["ddpm", "dpm_solver_pp_2m",
+                                    pytest.param("euler_maruyama", marks=pytest.mark.slow)])
 def test_mixture_mode_weights(method):
     sch = schedules.linear()
     weights = jnp.array([0.3, 0.7])
@@ -92,10 +93,10 @@ def test_dpm_solver_pp_1s_equals_ddim(x64):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-# dpm_solver_pp_1s is DDIM (test_dpm_solver_pp_1s_equals_ddim) and euler_maruyama is stochastic
-# like ddpm: their eager (op by op) runs are slow-only.
+# dpm_solver_pp_1s is DDIM (test_dpm_solver_pp_1s_equals_ddim), euler_maruyama is stochastic like
+# ddpm and heun deterministic like ddim: their eager (op by op) runs are slow-only.
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow)
-                                    if m in ("dpm_solver_pp_1s", "euler_maruyama") else m
+                                    if m in ("dpm_solver_pp_1s", "euler_maruyama", "heun") else m
                                     for m in sorted(SETTINGS)])
 def test_jit_vmap_eager_agree_and_keys_are_deterministic(method):
     sch = schedules.cosine(50)

@@ -189,7 +189,10 @@ print("RESULT" + json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("name", ["linear", pytest.param("dql", marks=pytest.mark.slow)])
+# four simulated devices in a subprocess: slow (the vmapped-seeds test keeps the default run's
+# coverage of seeds in one program)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["linear", "dql"])
 def test_data_and_seed_sharding_on_four_simulated_devices(name):
     """``--parallel data`` (batch split over 4 devices, state replicated, gradients all-reduced)
     and ``--parallel seeds`` (4 seeds, one per device) equal the unsharded programs."""
@@ -282,6 +285,7 @@ def test_train_seeds_resumes_exactly(tmp_path, monkeypatch):
         assert evals[0] == evals[1]
 
 
+@pytest.mark.slow
 def test_distributed_initialize_single_process_same_code_path():
     """``--distributed`` on one process (manual launch variables): the mesh spans the global
     devices and a data-parallel chunk runs as on one host."""

@@ -35,6 +35,7 @@ def test_without_official_code_no_ratio(tmp_path):
     assert result["meta"]["official_missing"] and len(result["meta"]["load_before"]) == 3
 
 
+@pytest.mark.slow  # test_without_official_code_no_ratio runs a JAX worker in the default run
 def test_jax_worker_prints_one_json_line():
     stdout = run("--worker", "jax", "--row", "matmul", "--repeats", "2", "--warmup", "1",
                  "--jax-cache", "")

@@ -52,9 +52,29 @@ def test_grids_match_the_issue():
         pointmaze_study.cells_for("bogus", ())
 
 
+def _train_in_this_process(command, stdout, **kwargs):
+    """``subprocess.run`` of ``python experiments/train.py ...`` as ``cli.run(train.main)`` here:
+    the same code path without a second interpreter's start-up (the default run's CPU budget)."""
+    import contextlib
+    import importlib.util
+    import subprocess
+
+    from cdp_jax import cli
+
+    assert Path(command[1]).name == "train.py"
+    spec = importlib.util.spec_from_file_location("_study_train", command[1])
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout):
+        code = cli.run(train.main, command[2:])
+    return subprocess.CompletedProcess(command, code)
+
+
 def test_one_cell_end_to_end(minari_root, tmp_path, monkeypatch):
-    """CI version: the 5% CDP cell of the offline-RL study, 2 seeds, 20 steps."""
+    """CI version: the 5% CDP cell of the offline-RL study, 2 seeds, 20 steps (train.py called in
+    this process; the slow smoke runs start it as a subprocess)."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+    monkeypatch.setattr(pointmaze_study.subprocess, "run", _train_in_this_process)
     runs, out, figs = tmp_path / "runs", tmp_path / "results", tmp_path / "figs"
     argv = ["--study", "offline_rl", "--mazes", "umaze", "--cells", "dql_umaze_f5_cdp",
             "--quick", "--runs-root", str(runs), "--out", str(out)]
