@@ -1,4 +1,5 @@
-"""Tables and figures of the PointMaze evidence studies (from ``results/pointmaze/*.json``).
+"""Tables and figures of the evidence studies (from ``results/pointmaze/*.json``; ``--layout paper``:
+the paper-protocol study's ``results/paper/*.json``, EDP as the baseline arm).
 
 Reads what ``experiments/pointmaze_study.py`` collected and writes
 
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from cdp_jax import cli, stats  # noqa: E402
 
-ARM_COLORS = {"vanilla": "tab:gray", "cdp": "tab:blue"}
+ARM_COLORS = {"vanilla": "tab:gray", "edp": "tab:gray", "cdp": "tab:blue"}
 KEYS = (("running_average", "normalized_score"), ("last", "normalized_score"),
         ("best", "normalized_score"), ("running_average", "success_rate"))
 DIAG_KEYS = ("mu_network_lowest", "mu_drift_lowest", "mu_drift_mean", "action_spread",
@@ -54,7 +55,7 @@ def fmt(vals, digits: int = 1) -> str:
     return f"{s['mean']:.{digits}f} ± {ci} ({s['n']})"
 
 
-def verdict(a, b, name_a="vanilla", name_b="cdp") -> str:
+def verdict(a, b, name_a, name_b="cdp") -> str:
     v = stats.compare(a, b)
     return {"A": f"**{name_a}**", "B": f"**{name_b}**", "tie": "tie"}[v]
 
@@ -74,21 +75,21 @@ def paired(base: dict, cell: dict, where: str, metric: str) -> list[float] | Non
     return [b[k][where][metric] - a[k][where][metric] for k in common] or None
 
 
-def main_table(record: dict, title: str) -> list[str]:
+def main_table(record: dict, title: str, base: str = "vanilla") -> list[str]:
     lines = [f"### {title}", "",
-             "| data | metric | vanilla | cdp (w = 0.1) | verdict | paired cdp - vanilla |",
+             f"| data | metric | {base} | cdp (w = 0.1) | verdict | paired cdp - {base} |",
              "|---|---|---|---|---|---|"]
     for group, arms in pairs(record).items():
-        if "vanilla" not in arms or "cdp" not in arms:
+        if base not in arms or "cdp" not in arms:
             continue
         for where, metric in KEYS:
-            a, b = values(arms["vanilla"], where, metric), values(arms["cdp"], where, metric)
+            a, b = values(arms[base], where, metric), values(arms["cdp"], where, metric)
             digits = 2 if metric == "success_rate" else 1
             label = (f"{metric.replace('normalized_score', 'score').replace('_', ' ')}, "
                      f"{where.replace('_', ' ')}")
-            diff = paired(arms["vanilla"], arms["cdp"], where, metric)
+            diff = paired(arms[base], arms["cdp"], where, metric)
             lines.append(f"| {group} | {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
-                         f"{verdict(a, b)} | {fmt(diff, digits)} |")
+                         f"{verdict(a, b, base)} | {fmt(diff, digits)} |")
     lines.append("")
     return lines
 
@@ -105,24 +106,31 @@ def diagnostics_table(records: list[dict], title: str) -> list[str]:
 
 
 ABLATION_TITLE = "Ablations (Diffusion-QL, umaze, 5% of the episodes)"
+# Which result files hold the main, imitation and ablation tables, and the baseline arm's name.
+LAYOUTS = {
+    "pointmaze": {"offline": "offline_rl", "imitation": "imitation", "ablations": ("ablations",),
+                  "base": "vanilla", "mu_group": "umaze 5%"},
+    "paper": {"offline": "rl", "imitation": "il", "ablations": ("sweep", "quirks"),
+              "base": "edp", "mu_group": "hopper-mr 10%"},
+}
 
 
-def ablation_table(abl: dict) -> list[str]:
-    """The ablation cells next to the cells they vary (the first ``vanilla`` arm is the base)."""
+def ablation_table(abl: dict, base_arm: str = "vanilla") -> list[str]:
+    """The ablation cells next to the cells they vary (the first ``base_arm`` cell is the base)."""
     cells = abl["cells"]
-    base = next((c for c in cells.values() if c["cell"]["arm"] == "vanilla"), None)
+    base = next((c for c in cells.values() if c["cell"]["arm"] == base_arm), None)
     lines = [f"### {abl.get('title', ABLATION_TITLE)}", "",
              "| arm | score, running avg | score, last | success, running avg | "
-             "mu network (lowest) | verdict vs vanilla (score) | (success) | "
-             "paired success - vanilla |", "|---|---|---|---|---|---|---|---|"]
+             f"mu network (lowest) | verdict vs {base_arm} (score) | (success) | "
+             f"paired success - {base_arm} |", "|---|---|---|---|---|---|---|---|"]
     for cell in cells.values():
         arm = cell["cell"]["arm"]
         ra = values(cell, "running_average", "normalized_score")
         success = values(cell, "running_average", "success_rate")
         v = w = d = ""
         if base is not None and cell is not base:
-            v = verdict(values(base, "running_average", "normalized_score"), ra, "vanilla", arm)
-            w = verdict(values(base, "running_average", "success_rate"), success, "vanilla", arm)
+            v = verdict(values(base, "running_average", "normalized_score"), ra, base_arm, arm)
+            w = verdict(values(base, "running_average", "success_rate"), success, base_arm, arm)
             d = fmt(paired(base, cell, "running_average", "success_rate"), 2)
         lines.append(f"| {arm} | {fmt(ra)} | {fmt(values(cell, 'last', 'normalized_score'))} | "
                      f"{fmt(success, 2)} | {fmt(diag_values(cell, 'mu_network_lowest'), 2)} | "
@@ -158,9 +166,9 @@ def _pyplot():
     return plt
 
 
-def paired_groups(by: dict) -> list[str]:
-    """The groups that have both a vanilla and a CDP cell."""
-    return [g for g, arms in by.items() if "vanilla" in arms and "cdp" in arms]
+def paired_groups(by: dict, base: str = "vanilla") -> list[str]:
+    """The groups that have both a ``base`` (vanilla / EDP) and a CDP cell."""
+    return [g for g, arms in by.items() if base in arms and "cdp" in arms]
 
 
 def _bar(ax, groups, arms, cells_by_group, where, metric):
@@ -178,14 +186,15 @@ def _bar(ax, groups, arms, cells_by_group, where, metric):
     ax.set_xticks(np.arange(len(groups)), groups)
 
 
-def fraction_bars(record: dict, metric: str, path: Path, title: str) -> None:
+def fraction_bars(record: dict, metric: str, path: Path, title: str,
+                  base: str = "vanilla") -> None:
     plt = _pyplot()
     by = pairs(record)
-    groups = paired_groups(by)
+    groups = paired_groups(by, base)
     if not groups:
         return
     fig, ax = plt.subplots(figsize=(1.4 * len(groups) + 2, 3.2))
-    _bar(ax, groups, ["vanilla", "cdp"], by, "running_average", metric)
+    _bar(ax, groups, [base, "cdp"], by, "running_average", metric)
     ax.set_ylabel(metric.replace("_", " ") + " (running avg)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
@@ -194,16 +203,17 @@ def fraction_bars(record: dict, metric: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def learning_curves(record: dict, metric: str, path: Path, title: str) -> None:
+def learning_curves(record: dict, metric: str, path: Path, title: str,
+                    base: str = "vanilla") -> None:
     plt = _pyplot()
     by = pairs(record)
-    groups = paired_groups(by)
+    groups = paired_groups(by, base)
     if not groups:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 2.6), sharey=True,
                              squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
-        for arm in ("vanilla", "cdp"):
+        for arm in (base, "cdp"):
             seeds = list(by[g][arm]["seeds"].values())
             steps = [p["step"] for p in seeds[0]["curve"]]
             y = np.array([[p[metric] for p in s["curve"]] for s in seeds])
@@ -221,14 +231,15 @@ def learning_curves(record: dict, metric: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def mu_curves(record: dict, group: str, path: Path, title: str) -> None:
+def mu_curves(record: dict, group: str, path: Path, title: str, base: str = "vanilla") -> None:
     plt = _pyplot()
     arms = pairs(record).get(group, {})
-    if not all(a in arms for a in ("vanilla", "cdp")):
-        return
+    if not all(a in arms for a in (base, "cdp")) or not any(
+            s.get("diagnostics") for a in (base, "cdp") for s in arms[a]["seeds"].values()):
+        return  # no such pair, or no diagnostics yet
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
     for ax, target in zip(axes, ("network", "drift"), strict=True):
-        for arm in ("vanilla", "cdp"):
+        for arm in (base, "cdp"):
             diags = [s["diagnostics"] for s in arms[arm]["seeds"].values() if s.get("diagnostics")]
             if not diags:
                 continue
@@ -272,36 +283,45 @@ def main(argv=None) -> int:
     parser.add_argument("--figures", default=str(ROOT / "docs" / "figures"))
     parser.add_argument("--prefix", default="pm", help="figure file names: <prefix>_*.png")
     parser.add_argument("--label", default="PointMaze", help="task family named in the titles")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="pointmaze",
+                        help="pointmaze (and fetch): offline_rl / imitation / ablations.json, "
+                             "baseline arm vanilla; paper (experiments/paper_study.py): rl / il / "
+                             "sweep / quirks.json, baseline arm edp")
     args = parser.parse_args(argv)
+    layout = LAYOUTS[args.layout]
+    base = layout["base"]
     fig = lambda name: figures / f"{args.prefix}_{name}.png"
     results, figures = Path(args.results), Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
     load = lambda name: (json.loads((results / f"{name}.json").read_text())
                          if (results / f"{name}.json").exists() else None)
-    offline, imitation, abl = load("offline_rl"), load("imitation"), load("ablations")
+    offline, imitation = load(layout["offline"]), load(layout["imitation"])
+    ablations = [(name, r) for name in layout["ablations"] if (r := load(name))]
     lines = [f"# {args.label} studies: generated tables", "",
              "Written by `python experiments/report_results.py`; mean ± 95% t-interval (seeds).", ""]
     if offline:
-        lines += main_table(offline, "Offline RL: EDP + Diffusion-QL")
+        lines += main_table(offline, "Offline RL: EDP + Diffusion-QL", base)
         fraction_bars(offline, "normalized_score", fig("offline_rl_bars"),
-                      f"Offline RL (Diffusion-QL), {args.label}: score by data fraction")
+                      f"Offline RL (Diffusion-QL), {args.label}: score by data fraction", base)
         learning_curves(offline, "normalized_score", fig("offline_rl_curves"),
-                        "Offline RL learning curves (mean ± 95% CI)")
-        mu_curves(offline, "umaze 5%", fig("mu_umaze5"),
-                  "mu along the sampling trajectories, umaze 5%")
+                        "Offline RL learning curves (mean ± 95% CI)", base)
+        group = layout["mu_group"]
+        mu_curves(offline, group, fig(f"mu_{group.replace(' ', '').rstrip('%')}"),
+                  f"mu along the sampling trajectories, {group}", base)
     if imitation:
-        lines += main_table(imitation, f"Imitation learning: diffusion BC ({args.label})")
+        lines += main_table(imitation, f"Imitation learning: diffusion BC ({args.label})", base)
         fraction_bars(imitation, "success_rate", fig("imitation_bars"),
-                      f"Imitation learning (DBC), {args.label}: success by data fraction")
+                      f"Imitation learning (DBC), {args.label}: success by data fraction", base)
         learning_curves(imitation, "success_rate", fig("imitation_curves"),
-                        "Imitation learning curves (mean ± 95% CI)")
-    if abl:
-        lines += ablation_table(abl)
-        ablation_bars(abl, fig("ablations"))
+                        "Imitation learning curves (mean ± 95% CI)", base)
+    for name, abl in ablations:
+        lines += ablation_table(abl, base)
+        ablation_bars(abl, fig(name))
     present = [r for r in (offline, imitation) if r]
-    if abl:  # its reference cells are the main study's, listed there already
-        listed = {name for r in present for name in r["cells"]}
+    listed = {name for r in present for name in r["cells"]}
+    for _, abl in ablations:  # their reference cells are the main study's, listed there already
         present.append({"cells": {k: v for k, v in abl["cells"].items() if k not in listed}})
+        listed |= set(abl["cells"])
     if present:
         lines += diagnostics_table(present, "Contraction diagnostics of the final EMA actors")
     (results / "tables.md").write_text("\n".join(lines))

@@ -79,7 +79,7 @@ def test_largest_algebraic_not_largest_magnitude(x64):
 MLP_CASES = {2: 2, 7: 7, 64: 48}
 
 
-@pytest.mark.parametrize("d", [pytest.param(2, marks=pytest.mark.slow), pytest.param(7, marks=pytest.mark.slow), 64])
+@pytest.mark.parametrize("d", [*(pytest.param(d, marks=pytest.mark.slow) for d in (2, 7)), 64])
 def test_random_mlp_jacobians_vmap(d, x64):
     k = MLP_CASES[d]
     params = mlp_params(jax.random.key(d), [d, 32, 32, d], scale=1.5)

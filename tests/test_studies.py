@@ -210,3 +210,37 @@ def test_paper_study_quick(minari_root, tmp_path, monkeypatch):
         cell = json.loads((out / f"{study}.json").read_text())["cells"][f"{study}_umaze_f10_cdp"]
         assert set(cell["seeds"]) == {"0", "1"}
         assert all(s["diagnostics"] is not None for s in cell["seeds"].values())
+
+
+def _fake_cell(name, group, arm, scores):
+    """A collected cell as ``pointmaze_study.collect_cell`` writes it (scores per seed)."""
+    seeds = {}
+    for k, score in enumerate(scores):
+        point = {"normalized_score": score, "success_rate": score / 100.0}
+        seeds[str(k)] = {"last": {**point, "gradient_step": 20}, "best": {**point, "gradient_step": 20},
+                         "running_average": {**point, "gradient_steps": [10, 20]},
+                         "curve": [{"step": s, **point} for s in (10, 20)], "diagnostics": None,
+                         "solver_steps": {}, "final_train_log": {}}
+    return name, {"cell": {"name": name, "group": group, "arm": arm}, "seeds": seeds}
+
+
+def test_report_of_the_paper_layout(tmp_path):
+    """``report_results --layout paper``: EDP is the baseline arm; sweep and quirk tables compare
+    with the rl cells they reuse; figures are written."""
+    edp = _fake_cell("rl_hopper-mr_f10_edp", "hopper-mr 10%", "edp", [10.0, 12.0, 11.0])
+    cdp = _fake_cell("rl_hopper-mr_f10_cdp", "hopper-mr 10%", "cdp", [30.0, 31.0, 29.0])
+    quirk = _fake_cell("rl_hopper-mr_f10_ema_copy", "hopper-mr 10%", "ema_copy", [11.0, 12.0, 10.0])
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "rl.json").write_text(json.dumps({"cells": dict([edp, cdp])}))
+    (results / "quirks.json").write_text(json.dumps({"cells": dict([edp, cdp, quirk]),
+                                                     "title": "Quirks"}))
+    figs = tmp_path / "figs"
+    assert report_results.main(["--results", str(results), "--figures", str(figs), "--layout",
+                                "paper", "--prefix", "paper"]) == 0
+    tables = (results / "tables.md").read_text()
+    assert "| data | metric | edp | cdp (w = 0.1) | verdict | paired cdp - edp |" in tables
+    assert "| hopper-mr 10% | score, running average | 11.0" in tables and "**cdp**" in tables
+    assert "### Quirks" in tables and "| ema_copy |" in tables and "verdict vs edp" in tables
+    assert {p.name for p in figs.glob("*.png")} >= {"paper_offline_rl_bars.png",
+                                                    "paper_offline_rl_curves.png", "paper_quirks.png"}
