@@ -37,7 +37,8 @@ Defaults: 5 seeds; offline RL 20,000 gradient steps per run (10 % of the paper's
 the study issue sets), evaluation and checkpoint every 2,000 steps on 10 episodes per seed (the
 learning curve; the paper evaluates every 20k steps on 50); imitation 5,000 steps (``--il-steps``;
 its whole-batch exact penalty makes a step 20x dearer, see ``IL_STEPS``), every 1,000 steps.
-Tables: ``python experiments/report_results.py --results results/paper``.
+Tables and figures: ``python experiments/report_results.py --results results/paper --layout paper
+--prefix paper --label 'paper protocol'``.
 """
 
 from __future__ import annotations
