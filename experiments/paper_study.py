@@ -160,6 +160,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = STUDIES if args.study == "all" else (args.study,)
+    failures = []
     for name in names:
         cells = reference_cells(name) + cells_for(name, tuple(args.tasks), args.il_steps,
                                                   min(args.eval_every, 1000))
@@ -173,9 +174,14 @@ def main(argv=None) -> int:
                           f"build it with: {build_hint(cell.dataset)}", flush=True)
                 else:
                     ready.append(cell)
-            study.run_cells(name, ready, args)
+            try:  # failed cells are reported after every study has had its turn
+                study.run_cells(name, ready, args)
+            except RuntimeError as err:
+                failures.append(str(err))
         study.diagnose_finished(cells, args)
         print(f"{name}: {study.collect(name, cells, args)}", flush=True)
+    if failures:
+        raise RuntimeError(" | ".join(failures))
     return 0
 
 

@@ -166,11 +166,21 @@ def run_cell(cell: Cell, args) -> float | None:
 
 
 def run_cells(label: str, cells: list[Cell], args) -> None:
-    """Train every unfinished cell in order, printing progress."""
+    """Train every unfinished cell in order, printing progress. A cell that fails does not stop
+    the others (a long unattended study keeps going); the failures are raised together at the
+    end, each with its log."""
+    failed = []
     for i, cell in enumerate(cells):
         print(f"[{label} {i + 1}/{len(cells)}] {cell.name} ...", flush=True)
-        wall = run_cell(cell, args)
+        try:
+            wall = run_cell(cell, args)
+        except RuntimeError as err:
+            print(f"  FAILED: {err}", flush=True)
+            failed.append(str(err))
+            continue
         print(f"  done in {wall:.0f} s" if wall is not None else "  already done", flush=True)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cells)} {label} cells failed: " + "; ".join(failed))
 
 
 def run_solver_step_evals(cells: list[Cell], args) -> None:

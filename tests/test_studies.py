@@ -244,3 +244,20 @@ def test_report_of_the_paper_layout(tmp_path):
     assert "### Quirks" in tables and "| ema_copy |" in tables and "verdict vs edp" in tables
     assert {p.name for p in figs.glob("*.png")} >= {"paper_offline_rl_bars.png",
                                                     "paper_offline_rl_curves.png", "paper_quirks.png"}
+
+
+def test_a_failed_cell_does_not_stop_the_others(tmp_path, monkeypatch):
+    """An unattended study trains every cell it can; the failures are raised at the end, named."""
+    calls = []
+
+    def fake_run(command, stdout, **kwargs):
+        name = command[command.index("--name") + 1]
+        calls.append(name)
+        return pointmaze_study.subprocess.CompletedProcess(command, 1 if name.endswith("edp") else 0)
+
+    monkeypatch.setattr(pointmaze_study.subprocess, "run", fake_run)
+    args = paper_study.parse_args(["--runs-root", str(tmp_path)])
+    cells = paper_study.cells_for("rl", ("umaze",))
+    with pytest.raises(RuntimeError, match=r"2 of 4 rl cells failed: cell rl_umaze_f100_edp"):
+        pointmaze_study.run_cells("rl", cells, args)
+    assert calls == [c.name for c in cells]
