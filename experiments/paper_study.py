@@ -35,8 +35,9 @@ Cells whose dataset is not built yet are listed with the command that builds it 
 
 Defaults: 5 seeds; offline RL 20,000 gradient steps per run (10 % of the paper's 200k: the floor
 the study issue sets), evaluation and checkpoint every 2,000 steps on 10 episodes per seed (the
-learning curve; the paper evaluates every 20k steps on 50); imitation 5,000 steps (``--il-steps``;
-its whole-batch exact penalty makes a step 20x dearer, see ``IL_STEPS``), every 1,000 steps.
+learning curve; the paper evaluates every 20k steps on 50; Hopper, whose 1000-step episodes make
+an evaluation about 3x dearer: every 4,000); imitation 5,000 steps (``--il-steps``;
+its whole-batch exact penalty is the dear part, see ``IL_STEPS``), every 1,000 steps.
 Tables and figures: ``python experiments/report_results.py --results results/paper --layout paper
 --prefix paper --label 'paper protocol'``.
 """
@@ -74,9 +75,10 @@ ARMS = (("edp", 0.0), ("cdp", study.MAIN_WEIGHT))
 SWEEP_WEIGHTS = (0.01, 1.0)
 QUIRKS = {"float_embedding": "time_embedding=positional", "polyak_targets": "tau=0.005",
           "ema_copy": "ema_warmup=copy"}
-# The il cells' exact penalty on every sample of every batch of 512 costs about 0.55 s per step
-# for 5 seeds at d = 2 (PointMaze) on a 2-core CPU (20x the unpenalised step): 20k steps would
-# take 3 hours per cell, so the il cells train for fewer steps than the offline-RL ones.
+# With the exact penalty on every sample of every batch of 512, paper-il took 301 s for 500 steps
+# of 5 seeds at d = 2 (PointMaze umaze, 2-core CPU; compilation and a 1-episode evaluation
+# included), i.e. about 0.55 s per step: 20k steps
+# would take 3 hours per cell, so the il cells train for fewer steps than the offline-RL ones.
 IL_STEPS = 5000
 ABLATION_TASK = "hopper-mr"  # the sweep and quirk cells: Hopper medium-replay at 10 %
 
@@ -85,9 +87,11 @@ def _rl_cell(study_name: str, task: str, fraction, arm: str, weight: float,
              sets: tuple[str, ...] = ()) -> study.Cell:
     pct = study._pct(fraction)
     name = f"rl_{task}_f{pct.rstrip('%')}_{arm.replace('=', '')}"
+    # Hopper's 1000-step episodes with 100 candidates per step make an evaluation about 3x
+    # PointMaze's 300-step ones: evaluated half as often (checkpointed as often).
     return study.Cell(study_name, name, "dql", RL_TASKS[task][0],
                       fraction, weight, sets=sets, group=f"{task} {pct}", arm=arm,
-                      preset="paper")
+                      preset="paper", eval_factor=2 if task.startswith("hopper") else 1)
 
 
 def cells_for(name: str, tasks: tuple[str, ...], il_steps: int | None = None,

@@ -66,12 +66,13 @@ class Cell:
     extra_args: tuple[str, ...] = ()  # further train.py flags (e.g. "--batch-size", "128")
     preset: str | None = None  # a train.py --preset the cell starts from (e.g. "paper")
     steps: int | None = None  # gradient steps of this cell (None: the study's --steps)
+    eval_factor: int = 1  # evaluate every eval_factor x --eval-every steps (checkpoints: every)
 
     def command(self, args) -> list[str]:
         cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "--agent", self.agent,
                "--dataset", self.dataset, "--contraction-weight", str(self.weight),
                "--seeds", args.seeds, "--steps", str(self.steps or args.steps), "--eval-every",
-               str(args.eval_every), "--checkpoint-every", str(args.eval_every),
+               str(self.eval_factor * args.eval_every), "--checkpoint-every", str(args.eval_every),
                "--eval-episodes", str(args.eval_episodes), "--eval-envs",
                str(min(args.eval_episodes, 10)), "--updates-per-call",
                str(math.gcd(250, args.eval_every)), "--name", self.name, "--run-dir",

@@ -157,6 +157,10 @@ def test_paper_study_grid():
     command = rl[3].command(args)
     assert command[command.index("--preset") + 1] == "paper" and "--fraction" in command
     assert command[command.index("--steps") + 1] == "20000"
+    assert command[command.index("--eval-every") + 1] == "2000"
+    hopper = next(c for c in rl if c.dataset.startswith("cdp/hopper")).command(args)
+    assert hopper[hopper.index("--eval-every") + 1] == "4000"
+    assert hopper[hopper.index("--checkpoint-every") + 1] == "2000"
     with pytest.raises(ValueError, match="Unknown study"):
         paper_study.cells_for("bogus", ())
 
