@@ -93,8 +93,8 @@ def test_train_resume_without_a_run(saved_run, tmp_path, capsys):
 def test_train_resume_conflicts_name_each_field(saved_run, capsys):
     before = (saved_run / "config.json").read_text()
     _assert_error_line(
-        _in_process(capsys, "train", "--resume", "--run-dir", str(saved_run), "--batch-size", "64",
-                "--dataset", "cdp/pointmaze/umaze-v0", "--set", "eta=2", "--steps", "80"),
+        _in_process(capsys, "train", "--resume", "--run-dir", str(saved_run), "--batch-size",
+                    "64", "--dataset", "cdp/pointmaze/umaze-v0", "--set", "eta=2", "--steps", "80"),
         "batch_size: saved 32, requested 64",
         f"dataset: saved '{DATASET}', requested 'cdp/pointmaze/umaze-v0'",
         "agent.eta: saved 1.0, requested 2.0")
@@ -112,7 +112,8 @@ def test_train_damaged_checkpoint_is_one_message(saved_run, tmp_path):
 
 
 def test_train_invalid_value_is_one_message(saved_run, tmp_path, capsys):
-    _assert_error_line(_in_process(capsys, "train", "--set", "actor_lr=nan", "--run-dir", str(tmp_path)),
+    _assert_error_line(_in_process(capsys, "train", "--set", "actor_lr=nan", "--run-dir",
+                                   str(tmp_path)),
                        "Invalid actor_lr=nan; must be a finite number.")
 
 
