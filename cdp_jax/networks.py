@@ -244,6 +244,17 @@ def _flatten_batch(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+def _dense_params(module: nn.Module, width: int, features: int, init: str):
+    """``(kernel (width, features), bias (features,))`` created as ``nn.Dense`` names and
+    initialises them (``init`` of :data:`INITS`), for modules that apply one kernel by parts."""
+    torch_init = init == "torch"
+    kernel = module.param("kernel", _torch_uniform(width) if torch_init
+                          else nn.initializers.lecun_normal(), (width, features))
+    bias = module.param("bias", _torch_uniform(width) if torch_init
+                        else nn.initializers.zeros_init(), (features,))
+    return kernel, bias
+
+
 class ConcatDense(nn.Module):
     """``Dense([x, temb, cond])`` (parameters exactly those of ``nn.Dense``) where ``temb`` may have
     a batch of 1 (one noise level shared by the batch, as in every sampler step).
@@ -259,12 +270,9 @@ class ConcatDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, cond: jax.Array) -> jax.Array:
         dx, dt = x.shape[-1], temb.shape[-1]
-        width = dx + dt + cond.shape[-1]
-        torch_init = self.param_init == "torch"
-        kernel = self.param("kernel", _torch_uniform(width) if torch_init
-                            else nn.initializers.lecun_normal(), (width, self.features))
-        bias = self.param("bias", _torch_uniform(width) if torch_init
-                          else nn.initializers.zeros_init(), (self.features,))[None, :]
+        kernel, bias = _dense_params(self, dx + dt + cond.shape[-1], self.features,
+                                     self.param_init)
+        bias = bias[None, :]
         if temb.shape[0] == x.shape[0]:  # per-sample noise levels: one matmul, as nn.Dense
             return jnp.dot(jnp.concatenate([x, temb, cond], axis=-1), kernel) + bias
         kernel_xc = jnp.concatenate([kernel[:dx], kernel[dx + dt:]], axis=0)
@@ -288,12 +296,7 @@ class SplitDense(nn.Module):
     @nn.compact
     def __call__(self, parts) -> jax.Array:
         widths = [p.shape[-1] for p in parts]
-        width = sum(widths)
-        torch_init = self.param_init == "torch"
-        kernel = self.param("kernel", _torch_uniform(width) if torch_init
-                            else nn.initializers.lecun_normal(), (width, self.features))
-        bias = self.param("bias", _torch_uniform(width) if torch_init
-                          else nn.initializers.zeros_init(), (self.features,))
+        kernel, bias = _dense_params(self, sum(widths), self.features, self.param_init)
         out, start = bias[None, :], 0
         for part, w in zip(parts, widths, strict=True):
             out = out + jnp.dot(part, kernel[start:start + w])
