@@ -292,9 +292,13 @@ def test_resume_continues_a_run(tmp_path):
     with pytest.raises(ValueError, match="cannot resume"):
         sac.train("Pendulum-v1", sac.default_config(**SMALL), 600, seed=3, out_dir=tmp_path,
                   record_transitions=True, resume=True)
+    ticks = []
     state, evals = sac.train("Pendulum-v1", TINY, 600, seed=3, out_dir=tmp_path, eval_every=300,
-                             eval_episodes=1, record_transitions=True, resume=True)
+                             eval_episodes=1, record_transitions=True, resume=True,
+                             progress=ticks.append)
     assert [e["env_steps"] for e in evals] == [300, 600]
+    assert ticks[0] == 300 and sum(ticks) == 600  # the bar starts where the run stood
+    assert evals[1]["seconds"] > evals[0]["seconds"]  # wall time counts across the resume
     assert int(state.step) == 400  # 100 before the checkpoint, 300 after
     assert json.loads((tmp_path / "config.json").read_text())["num_steps"] == 600
     with h5py.File(tmp_path / "transitions.h5") as f:

@@ -460,7 +460,10 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
     num_updates = updates_per_call(config)
     obs, _ = envs.reset(seed=[int(s) for s in rng.integers(2**31, size=config.num_envs)])
     vector_steps, next_eval = steps // config.num_envs, steps + eval_every
-    start = time.perf_counter()
+    if progress is not None and steps:
+        progress(steps)  # a resumed run's bar starts where the run stands
+    # Wall time in the record counts from the run's start, across resumes.
+    start = time.perf_counter() - (evaluations[-1]["seconds"] if evaluations else 0.0)
     try:
         while steps < num_steps:
             if steps < config.learning_starts:
