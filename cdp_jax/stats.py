@@ -43,6 +43,19 @@ def compare(a, b) -> str:
     return "tie"
 
 
+def paired_verdict(differences) -> str:
+    """``"A"``, ``"B"`` or ``"tie"`` from per-seed differences ``b - a`` (same seed in both arms):
+    a tie when their 95% t-interval contains 0 (or there is a single seed), else the arm the
+    mean difference favours. Sharper than :func:`compare` when the seeds are paired: seed-to-seed
+    variation common to both arms cancels."""
+    if differences is None or len(differences) == 0:
+        return "tie"
+    s = mean_ci95(differences)
+    if math.isnan(s["ci95"]) or abs(s["mean"]) <= s["ci95"]:
+        return "tie"
+    return "B" if s["mean"] > 0 else "A"
+
+
 def format_cell(values, digits: int = 3) -> str:
     """``mean ± ci95 (n)`` for a table cell."""
     s = mean_ci95(values)

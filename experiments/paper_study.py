@@ -82,6 +82,12 @@ QUIRKS = {"float_embedding": "time_embedding=positional", "polyak_targets": "tau
 # would take 3 hours per cell, so the il cells train for fewer steps than the offline-RL ones.
 IL_STEPS = 5000
 ABLATION_TASK = "hopper-mr"  # the sweep and quirk cells: Hopper medium-replay at 10 %
+TITLES = {
+    "sweep": "Penalty weight sweep: Hopper medium-replay, 10% of the transitions (weights 0 and "
+             "0.1: the rl cells)",
+    "quirks": "Official quirks, one at a time: Hopper medium-replay, 10% of the transitions, "
+              "weight 0.1 (reference: the rl cdp cell)",
+}
 
 
 def _rl_cell(study_name: str, task: str, fraction, arm: str, weight: float,
@@ -167,8 +173,11 @@ def main(argv=None) -> int:
     names = STUDIES if args.study == "all" else (args.study,)
     failures = []
     for name in names:
-        cells = reference_cells(name) + cells_for(name, tuple(args.tasks), args.il_steps,
-                                                  min(args.eval_every, 1000))
+        # The whole grid is collected (a partial run must not drop finished cells from the
+        # JSON); only the cells selected by --tasks / --cells run.
+        grid, cells = (reference_cells(name) + cells_for(
+            name, tasks, args.il_steps, min(args.eval_every, 1000))
+            for tasks in (tuple(RL_TASKS | IL_TASKS), tuple(args.tasks)))
         if args.cells is not None:
             cells = [c for c in cells if c.name in args.cells]
         if not args.collect_only:
@@ -184,7 +193,7 @@ def main(argv=None) -> int:
             except RuntimeError as err:
                 failures.append(str(err))
         study.diagnose_finished(cells, args)
-        print(f"{name}: {study.collect(name, cells, args)}", flush=True)
+        print(f"{name}: {study.collect(name, grid, args, TITLES.get(name))}", flush=True)
     if failures:
         raise RuntimeError(" | ".join(failures))
     return 0

@@ -36,6 +36,8 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -87,6 +89,16 @@ class Cell:
 
     def run_dir(self, args) -> Path:
         return Path(args.runs_root) / self.study / self.name
+
+    def display_command(self, args) -> str:
+        """:meth:`command` as a reader would type it from the repository root."""
+        def short(word: str) -> str:
+            if word == sys.executable:
+                return "python"
+            if os.path.isabs(word) and Path(word).is_relative_to(ROOT):
+                return os.path.relpath(word, ROOT)
+            return word
+        return shlex.join(short(w) for w in self.command(args))
 
 
 def _pct(fraction: float | None) -> str:
@@ -266,14 +278,19 @@ def collect_cell(cell: Cell, args) -> dict | None:
             "diagnostics": json.loads(diag_path.read_text()) if diag_path.exists() else None,
         }
     protocol = summary["eval"][str(summary["seeds"][0])]["last"]
+    train = json.loads((run_dir / f"seed_{summary['seeds'][0]}" / "config.json").read_text())
     return {"cell": dataclasses.asdict(cell), "wall_time_s": summary["wall_time_s"],
-            "steps": summary["steps"], "protocol": {k: protocol[k] for k in (
-                "episodes", "candidates", "sampler", "sampler_steps", "dataset")},
+            "steps": summary["steps"], "command": cell.display_command(args),
+            "protocol": {"eval_every": train["train"]["eval_every"], **{k: protocol[k] for k in (
+                "episodes", "candidates", "sampler", "sampler_steps", "dataset")}},
             "seeds": seeds}
 
 
 def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Path:
-    """Write ``<out>/<study>.json`` from the finished cells; ``title`` names an ablation table."""
+    """Write ``<out>/<study>.json`` from the finished cells of ``cells`` (pass the whole grid: a
+    cell left out is neither reported nor listed as missing); ``title`` names an ablation table.
+    ``protocol`` holds the study's defaults; each cell records its own steps, evaluation interval
+    and command."""
     out = Path(args.out) / f"{study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {c.name: r for c in cells if (r := collect_cell(c, args)) is not None}

@@ -4,9 +4,12 @@ the paper-protocol study's ``results/paper/*.json``, EDP as the baseline arm).
 Reads what ``experiments/pointmaze_study.py`` collected and writes
 
 * ``results/pointmaze/tables.md``: every cell as mean ± 95% t-interval (seed count), last / best /
-  running-average normalised score and success rate, the verdict of each vanilla-vs-CDP pair
-  (a tie when the intervals overlap), the paired per-seed difference (same seed, same data
-  subset) as supplementary evidence, the ablation table and the contraction diagnostics;
+  running-average normalised score and success rate, the verdict of each vanilla-vs-CDP pair, the
+  paired per-seed difference (same seed, same data subset), the ablation tables, the contraction
+  diagnostics, the cells not run yet and the command of every cell. Verdicts: the ``pointmaze``
+  layout (the older studies) calls a tie when the two arms' intervals overlap; the ``paper``
+  layout when the interval of the paired difference contains 0 (sharper: seed-to-seed variation
+  common to both arms cancels);
 * ``docs/figures/<prefix>_*.png`` (``pm`` by default): scores per data fraction (bars), learning
   curves, ``mu`` over sampling time, and the ablations.
 
@@ -55,9 +58,23 @@ def fmt(vals, digits: int = 1) -> str:
     return f"{s['mean']:.{digits}f} ± {ci} ({s['n']})"
 
 
-def verdict(a, b, name_a, name_b="cdp") -> str:
-    v = stats.compare(a, b)
+def verdict(a, b, name_a, name_b="cdp", diff=None, rule: str = "overlap") -> str:
+    """Who wins: ``rule="overlap"`` compares the arms' intervals, ``"paired"`` the interval of the
+    per-seed differences ``diff`` (``b - a``)."""
+    v = stats.paired_verdict(diff) if rule == "paired" else stats.compare(a, b)
     return {"A": f"**{name_a}**", "B": f"**{name_b}**", "tie": "tie"}[v]
+
+
+def metric_label(where: str, metric: str, cell: dict | None = None) -> str:
+    """``score, running avg (last 3 evaluations)``, ``score, best (optimistic)``..."""
+    what = metric.replace("normalized_score", "score").replace("_rate", "")
+    if where == "running_average":
+        seed = next(iter(cell["seeds"].values())) if cell else {}
+        n = len(seed.get("running_average", {}).get("gradient_steps", [])) or "last"
+        return f"{what}, running avg (last {n} evaluations)"
+    if where == "best":
+        return f"{what}, best (optimistic: max over evaluations, per seed)"
+    return f"{what}, {where} (final evaluation)"
 
 
 def pairs(record: dict) -> dict[str, dict[str, dict]]:
@@ -75,23 +92,50 @@ def paired(base: dict, cell: dict, where: str, metric: str) -> list[float] | Non
     return [b[k][where][metric] - a[k][where][metric] for k in common] or None
 
 
-def main_table(record: dict, title: str, base: str = "vanilla") -> list[str]:
+def main_table(record: dict, title: str, base: str = "vanilla", rule: str = "overlap",
+               no_success: tuple[str, ...] = ()) -> list[str]:
+    """One row per (data, metric) of every group holding both arms; groups named with a prefix
+    in ``no_success`` (tasks without a success signal, e.g. Hopper) get no success rows."""
     lines = [f"### {title}", "",
              f"| data | metric | {base} | cdp (w = 0.1) | verdict | paired cdp - {base} |",
              "|---|---|---|---|---|---|"]
+    unpaired = []
     for group, arms in pairs(record).items():
         if base not in arms or "cdp" not in arms:
+            unpaired.append(f"{group} (only {', '.join(arms)})")
             continue
         for where, metric in KEYS:
+            if metric == "success_rate" and _no_success(group, no_success):
+                continue
             a, b = values(arms[base], where, metric), values(arms["cdp"], where, metric)
             digits = 2 if metric == "success_rate" else 1
-            label = (f"{metric.replace('normalized_score', 'score').replace('_', ' ')}, "
-                     f"{where.replace('_', ' ')}")
             diff = paired(arms[base], arms["cdp"], where, metric)
-            lines.append(f"| {group} | {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
-                         f"{verdict(a, b, base)} | {fmt(diff, digits)} |")
+            lines.append(f"| {group} | {metric_label(where, metric, arms[base])} | "
+                         f"{fmt(a, digits)} | {fmt(b, digits)} | "
+                         f"{verdict(a, b, base, diff=diff, rule=rule)} | {fmt(diff, digits)} |")
     lines.append("")
-    return lines
+    return lines + status_lines(record, unpaired)
+
+
+def _no_success(group: str, prefixes: tuple[str, ...]) -> bool:
+    return bool(prefixes) and group.startswith(prefixes)
+
+
+def status_lines(record: dict, unpaired: list[str] = ()) -> list[str]:
+    """What the table above leaves out (cells not run yet, groups with one arm), and the command
+    of every cell in it."""
+    lines = []
+    if record.get("missing"):
+        lines.append(f"Not run yet: {', '.join(record['missing'])}.")
+    if unpaired:
+        lines.append(f"Left out, one arm only so far: {'; '.join(unpaired)}.")
+    commands = [(name, cell["command"]) for name, cell in record["cells"].items()
+                if cell.get("command")]
+    if commands:
+        lines += ["", "<details><summary>commands</summary>", "", "```bash"]
+        lines += [command for _, command in commands]
+        lines += ["```", "", "</details>"]
+    return lines + [""] if lines else []
 
 
 def diagnostics_table(records: list[dict], title: str) -> list[str]:
@@ -106,36 +150,54 @@ def diagnostics_table(records: list[dict], title: str) -> list[str]:
 
 
 ABLATION_TITLE = "Ablations (Diffusion-QL, umaze, 5% of the episodes)"
-# Which result files hold the main, imitation and ablation tables, and the baseline arm's name.
+# Which result files hold the main, imitation and ablation tables, the baseline arm's name (per
+# ablation: the arm its cells vary), the verdict rule and the groups without a success signal.
 LAYOUTS = {
     "pointmaze": {"offline": "offline_rl", "imitation": "imitation", "ablations": ("ablations",),
-                  "base": "vanilla", "mu_group": "umaze 5%"},
+                  "base": "vanilla", "ablation_base": {}, "mu_group": "umaze 5%",
+                  "rule": "overlap", "no_success": ()},
+    # The sweep varies the weight (against EDP, weight 0); the quirk cells switch one choice in
+    # the weight-0.1 pipeline (against CDP, the same weight).
     "paper": {"offline": "rl", "imitation": "il", "ablations": ("sweep", "quirks"),
-              "base": "edp", "mu_group": "hopper-mr 10%"},
+              "base": "edp", "ablation_base": {"quirks": "cdp"}, "mu_group": "hopper-mr 10%",
+              "rule": "paired", "no_success": ("hopper",)},
 }
 
 
-def ablation_table(abl: dict, base_arm: str = "vanilla") -> list[str]:
-    """The ablation cells next to the cells they vary (the first ``base_arm`` cell is the base)."""
+def ablation_table(abl: dict, base_arm: str = "vanilla", rule: str = "overlap",
+                   success: bool = True) -> list[str]:
+    """The ablation cells next to the cells they vary (the first ``base_arm`` cell is the base);
+    ``success=False``: no success columns (a task without a success signal)."""
     cells = abl["cells"]
     base = next((c for c in cells.values() if c["cell"]["arm"] == base_arm), None)
-    lines = [f"### {abl.get('title', ABLATION_TITLE)}", "",
-             "| arm | score, running avg | score, last | success, running avg | "
-             f"mu network (lowest) | verdict vs {base_arm} (score) | (success) | "
-             f"paired success - {base_arm} |", "|---|---|---|---|---|---|---|---|"]
+    head = ["arm", "score, running avg", "score, last"] + (["success, running avg"] * success)
+    head += ["mu network (lowest)", f"verdict vs {base_arm} (score)",
+             f"paired score - {base_arm}"]
+    head += ["(success)", f"paired success - {base_arm}"] * success
+    lines = [f"### {abl.get('title', ABLATION_TITLE)}", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    if base is None:
+        lines[1:1] = ["", f"No {base_arm} cell yet: no verdicts.", ""]
     for cell in cells.values():
         arm = cell["cell"]["arm"]
         ra = values(cell, "running_average", "normalized_score")
-        success = values(cell, "running_average", "success_rate")
-        v = w = d = ""
+        succ = values(cell, "running_average", "success_rate")
+        v = w = d = e = ""
         if base is not None and cell is not base:
-            v = verdict(values(base, "running_average", "normalized_score"), ra, base_arm, arm)
-            w = verdict(values(base, "running_average", "success_rate"), success, base_arm, arm)
-            d = fmt(paired(base, cell, "running_average", "success_rate"), 2)
-        lines.append(f"| {arm} | {fmt(ra)} | {fmt(values(cell, 'last', 'normalized_score'))} | "
-                     f"{fmt(success, 2)} | {fmt(diag_values(cell, 'mu_network_lowest'), 2)} | "
-                     f"{v} | {w} | {d} |")
+            d_score = paired(base, cell, "running_average", "normalized_score")
+            d_succ = paired(base, cell, "running_average", "success_rate")
+            v = verdict(values(base, "running_average", "normalized_score"), ra, base_arm, arm,
+                        diff=d_score, rule=rule)
+            w = verdict(values(base, "running_average", "success_rate"), succ, base_arm, arm,
+                        diff=d_succ, rule=rule)
+            d, e = fmt(d_score), fmt(d_succ, 2)
+        row = [arm, fmt(ra), fmt(values(cell, "last", "normalized_score"))]
+        row += [fmt(succ, 2)] * success
+        row += [fmt(diag_values(cell, "mu_network_lowest"), 2), v, d]
+        row += [w, e] * success
+        lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    lines += status_lines(abl)
     solver = {}  # arm -> steps -> per-seed scores of the final checkpoints re-evaluated
     for cell in cells.values():
         for steps in ("5", "15", "50"):
@@ -258,6 +320,32 @@ def mu_curves(record: dict, group: str, path: Path, title: str, base: str = "van
     plt.close(fig)
 
 
+def ablation_curves(abl: dict, metric: str, path: Path) -> None:
+    """Every ablation arm's learning curve (mean over seeds ± 95% CI) in one panel."""
+    plt = _pyplot()
+    cells = [c for c in abl["cells"].values() if c["seeds"]]
+    if not cells:
+        return
+    fig, ax = plt.subplots(figsize=(4.4, 3.0))
+    for i, cell in enumerate(cells):
+        arm = cell["cell"]["arm"]
+        seeds = list(cell["seeds"].values())
+        steps = [p["step"] for p in seeds[0]["curve"]]
+        y = np.array([[p[metric] for p in s["curve"]] for s in seeds])
+        m = y.mean(0)
+        ci = np.array([stats.mean_ci95(col)["ci95"] for col in y.T])
+        color = ARM_COLORS.get(arm, f"C{i + 1}")
+        ax.plot(steps, m, label=arm, color=color)
+        ax.fill_between(steps, m - ci, m + ci, alpha=0.15, color=color)
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(abl.get("title", ABLATION_TITLE), fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def ablation_bars(abl: dict, path: Path) -> None:
     plt = _pyplot()
     cells = list(abl["cells"].values())
@@ -298,9 +386,11 @@ def main(argv=None) -> int:
     offline, imitation = load(layout["offline"]), load(layout["imitation"])
     ablations = [(name, r) for name in layout["ablations"] if (r := load(name))]
     lines = [f"# {args.label} studies: generated tables", "",
-             "Written by `python experiments/report_results.py`; mean ± 95% t-interval (seeds).", ""]
+             f"Written by `python experiments/report_results.py {' '.join(argv or sys.argv[1:])}`"
+             "; mean ± 95% t-interval (seeds).", ""]
     if offline:
-        lines += main_table(offline, "Offline RL: EDP + Diffusion-QL", base)
+        lines += main_table(offline, "Offline RL: EDP + Diffusion-QL", base, layout["rule"],
+                            layout["no_success"])
         fraction_bars(offline, "normalized_score", fig("offline_rl_bars"),
                       f"Offline RL (Diffusion-QL), {args.label}: score by data fraction", base)
         learning_curves(offline, "normalized_score", fig("offline_rl_curves"),
@@ -309,14 +399,19 @@ def main(argv=None) -> int:
         mu_curves(offline, group, fig(f"mu_{group.replace(' ', '').rstrip('%')}"),
                   f"mu along the sampling trajectories, {group}", base)
     if imitation:
-        lines += main_table(imitation, f"Imitation learning: diffusion BC ({args.label})", base)
+        lines += main_table(imitation, f"Imitation learning: diffusion BC ({args.label})", base,
+                            layout["rule"], layout["no_success"])
         fraction_bars(imitation, "success_rate", fig("imitation_bars"),
                       f"Imitation learning (DBC), {args.label}: success by data fraction", base)
         learning_curves(imitation, "success_rate", fig("imitation_curves"),
                         "Imitation learning curves (mean ± 95% CI)", base)
     for name, abl in ablations:
-        lines += ablation_table(abl, base)
+        groups = {c["cell"].get("group", "") for c in abl["cells"].values()}
+        success = not any(_no_success(g, layout["no_success"]) for g in groups)
+        lines += ablation_table(abl, layout["ablation_base"].get(name, base), layout["rule"],
+                                success)
         ablation_bars(abl, fig(name))
+        ablation_curves(abl, "normalized_score", fig(f"{name}_curves"))
     present = [r for r in (offline, imitation) if r]
     listed = {name for r in present for name in r["cells"]}
     for _, abl in ablations:  # their reference cells are the main study's, listed there already

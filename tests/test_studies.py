@@ -82,6 +82,8 @@ def test_one_cell_end_to_end(minari_root, tmp_path, monkeypatch):
     record = json.loads((out / "offline_rl.json").read_text())
     cell = record["cells"]["dql_umaze_f5_cdp"]
     assert set(cell["seeds"]) == {"0", "1"} and cell["cell"]["weight"] == 0.1
+    assert cell["command"].startswith("python experiments/train.py --agent dql")
+    assert cell["protocol"]["eval_every"] == 10
     for seed in cell["seeds"].values():
         assert [p["step"] for p in seed["curve"]] == [10, 20]
         assert seed["last"]["gradient_step"] == 20
@@ -98,6 +100,7 @@ def test_one_cell_end_to_end(minari_root, tmp_path, monkeypatch):
     assert report_results.main(["--results", str(out), "--figures", str(figs)]) == 0
     tables = (out / "tables.md").read_text()
     assert "dql_umaze_f5_cdp" in tables  # the diagnostics row (no vanilla arm: no pair table)
+    assert "one arm only so far: umaze 5% (only cdp)" in tables and cell["command"] in tables
 
 
 @pytest.mark.slow
@@ -199,6 +202,12 @@ def test_paper_study_skips_unbuilt_datasets(tmp_path, monkeypatch, capsys):
     assert "make_dataset.py locomotion --env hopper --kind medium-replay" in out
     record = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert len(record["missing"]) == 4 and record["cells"] == {}
+    assert record["title"].startswith("Penalty weight sweep: Hopper medium-replay")
+    # A run of one task still lists (and would keep) every cell of the grid.
+    argv = ["--study", "rl", "--tasks", "hopper-m", "--runs-root", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "out"), "--no-diagnostics"]
+    assert paper_study.main(argv) == 0
+    assert len(json.loads((tmp_path / "out" / "rl.json").read_text())["missing"]) == 16
 
 
 @pytest.mark.slow
@@ -229,14 +238,21 @@ def _fake_cell(name, group, arm, scores):
 
 
 def test_report_of_the_paper_layout(tmp_path):
-    """``report_results --layout paper``: EDP is the baseline arm; sweep and quirk tables compare
-    with the rl cells they reuse; figures are written."""
+    """``report_results --layout paper``: EDP is the baseline arm, verdicts come from the paired
+    differences, Hopper has no success rows, the quirk cells (weight 0.1) compare with the rl CDP
+    cell, cells not run yet and every cell's command are listed; figures are written."""
     edp = _fake_cell("rl_hopper-mr_f10_edp", "hopper-mr 10%", "edp", [10.0, 12.0, 11.0])
     cdp = _fake_cell("rl_hopper-mr_f10_cdp", "hopper-mr 10%", "cdp", [30.0, 31.0, 29.0])
     quirk = _fake_cell("rl_hopper-mr_f10_ema_copy", "hopper-mr 10%", "ema_copy", [11.0, 12.0, 10.0])
+    # umaze: the arms' intervals overlap, but cdp is higher by 1.0 +- 0.1 on every seed
+    um_edp = _fake_cell("rl_umaze_f100_edp", "umaze 100%", "edp", [10.0, 20.0, 30.0, 40.0, 50.0])
+    um_cdp = _fake_cell("rl_umaze_f100_cdp", "umaze 100%", "cdp", [11.1, 20.9, 31.0, 41.05, 50.95])
+    um_cdp[1]["command"] = "python experiments/train.py --name rl_umaze_f100_cdp"
+    medium = _fake_cell("rl_medium_f100_edp", "medium 100%", "edp", [1.0, 2.0])
     results = tmp_path / "results"
     results.mkdir()
-    (results / "rl.json").write_text(json.dumps({"cells": dict([edp, cdp])}))
+    (results / "rl.json").write_text(json.dumps({
+        "cells": dict([edp, cdp, um_edp, um_cdp, medium]), "missing": ["rl_medium_f100_cdp"]}))
     (results / "quirks.json").write_text(json.dumps({"cells": dict([edp, cdp, quirk]),
                                                      "title": "Quirks"}))
     figs = tmp_path / "figs"
@@ -244,10 +260,22 @@ def test_report_of_the_paper_layout(tmp_path):
                                 "paper", "--prefix", "paper"]) == 0
     tables = (results / "tables.md").read_text()
     assert "| data | metric | edp | cdp (w = 0.1) | verdict | paired cdp - edp |" in tables
-    assert "| hopper-mr 10% | score, running average | 11.0" in tables and "**cdp**" in tables
-    assert "### Quirks" in tables and "| ema_copy |" in tables and "verdict vs edp" in tables
-    assert {p.name for p in figs.glob("*.png")} >= {"paper_offline_rl_bars.png",
-                                                    "paper_offline_rl_curves.png", "paper_quirks.png"}
+    assert ("| hopper-mr 10% | score, running avg (last 2 evaluations) | 11.0" in tables
+            and "**cdp**" in tables)
+    assert "| hopper-mr 10% | success" not in tables  # Hopper has no success signal
+    umaze = [row for row in tables.splitlines() if row.startswith("| umaze 100% | score, last")]
+    assert umaze and "| **cdp** | 1.0 ± 0.1 (5) |" in umaze[0]
+    assert "| umaze 100% | success, running avg" in tables
+    assert "best (optimistic" in tables
+    assert "Not run yet: rl_medium_f100_cdp." in tables
+    assert "one arm only so far: medium 100% (only edp)" in tables
+    assert "python experiments/train.py --name rl_umaze_f100_cdp" in tables
+    quirks = tables[tables.index("### Quirks"):]
+    assert "| ema_copy |" in quirks and "verdict vs cdp" in quirks and "success" not in quirks
+    assert "| ema_copy | 11.0 ± 2.5 (3) | 11.0 ± 2.5 (3) | not measured | **cdp** | -19.0" in quirks
+    assert {p.name for p in figs.glob("*.png")} >= {
+        "paper_offline_rl_bars.png", "paper_offline_rl_curves.png", "paper_quirks.png",
+        "paper_quirks_curves.png"}
 
 
 def test_a_failed_cell_does_not_stop_the_others(tmp_path, monkeypatch):

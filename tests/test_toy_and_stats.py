@@ -53,6 +53,17 @@ def test_compare_reports_ties_when_intervals_overlap():
     assert "± " in stats.format_cell([1.0, 2.0])
 
 
+def test_paired_verdict_uses_the_interval_of_the_differences():
+    a = [10.0, 20.0, 30.0, 40.0, 50.0]
+    b = [11.1, 20.9, 31.0, 41.05, 50.95]  # b - a = 1.0 +- 0.098 (t, 4 dof): b wins, paired
+    diff = [y - x for x, y in zip(a, b, strict=True)]
+    assert stats.compare(a, b) == "tie"  # the arms' own intervals overlap
+    assert stats.paired_verdict(diff) == "B"
+    assert stats.paired_verdict([-d for d in diff]) == "A"
+    assert stats.paired_verdict([1.0, -1.0, 2.0, -2.0]) == "tie"  # the interval holds 0
+    assert stats.paired_verdict([3.0]) == "tie" and stats.paired_verdict(None) == "tie"
+
+
 @pytest.mark.slow
 def test_toy_study_quick_runs(tmp_path):
     from experiments import toy_study
