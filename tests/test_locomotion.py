@@ -141,3 +141,25 @@ def test_bad_arguments():
         locomotion.default_dataset_id("ant", "medium")
     with pytest.raises(ValueError, match="expected one of"):
         locomotion.default_dataset_id("hopper", "random")
+
+
+@pytest.mark.slow
+def test_paper_study_hopper_cell_end_to_end(built, minari_root, tmp_path, monkeypatch):
+    """The paper study's Hopper medium-replay cell (``--preset paper``: official hopper row, 100
+    candidates, 1000-step episodes, normalised by the dataset's own reference scores) trains,
+    evaluates and is diagnosed on the locally built dataset: what the unattended study will run."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import paper_study  # noqa: PLC0415
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
+    out = tmp_path / "results"
+    argv = ["--quick", "--study", "rl", "--tasks", "hopper-mr", "--cells", "rl_hopper-mr_f100_cdp",
+            "--runs-root", str(tmp_path / "runs"), "--out", str(out)]
+    assert paper_study.main(argv) == 0
+    cell = json.loads((out / "rl.json").read_text())["cells"]["rl_hopper-mr_f100_cdp"]
+    assert cell["protocol"]["candidates"] == 100 and cell["protocol"]["eval_every"] == 20
+    for seed in cell["seeds"].values():
+        assert np.isfinite(seed["last"]["normalized_score"])
+        assert seed["diagnostics"] is not None
