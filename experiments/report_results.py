@@ -177,7 +177,7 @@ def ablation_table(abl: dict, base_arm: str = "vanilla", rule: str = "overlap",
     lines = [f"### {abl.get('title', ABLATION_TITLE)}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     if base is None:
-        lines[1:1] = ["", f"No {base_arm} cell yet: no verdicts.", ""]
+        lines[2:2] = [f"No {base_arm} cell yet: no verdicts.", ""]
     for cell in cells.values():
         arm = cell["cell"]["arm"]
         ra = values(cell, "running_average", "normalized_score")
