@@ -159,7 +159,7 @@ LAYOUTS = {
     # The sweep varies the weight (against EDP, weight 0); the quirk cells switch one choice in
     # the weight-0.1 pipeline (against CDP, the same weight).
     "paper": {"offline": "rl", "imitation": "il", "ablations": ("sweep", "quirks"),
-              "base": "edp", "ablation_base": {"quirks": "cdp"}, "mu_group": "hopper-mr 10%",
+              "base": "edp", "ablation_base": {"quirks": "cdp"}, "mu_group": None,  # every row
               "rule": "paired", "no_success": ("hopper",)},
 }
 
@@ -395,9 +395,11 @@ def main(argv=None) -> int:
                       f"Offline RL (Diffusion-QL), {args.label}: score by data fraction", base)
         learning_curves(offline, "normalized_score", fig("offline_rl_curves"),
                         "Offline RL learning curves (mean ± 95% CI)", base)
-        group = layout["mu_group"]
-        mu_curves(offline, group, fig(f"mu_{group.replace(' ', '').rstrip('%')}"),
-                  f"mu along the sampling trajectories, {group}", base)
+        groups = ([layout["mu_group"]] if layout["mu_group"] is not None
+                  else paired_groups(pairs(offline), base))
+        for group in groups:
+            mu_curves(offline, group, fig(f"mu_{group.replace(' ', '').rstrip('%')}"),
+                      f"mu along the sampling trajectories, {group}", base)
     if imitation:
         lines += main_table(imitation, f"Imitation learning: diffusion BC ({args.label})", base,
                             layout["rule"], layout["no_success"])

@@ -248,6 +248,12 @@ def test_report_of_the_paper_layout(tmp_path):
     um_edp = _fake_cell("rl_umaze_f100_edp", "umaze 100%", "edp", [10.0, 20.0, 30.0, 40.0, 50.0])
     um_cdp = _fake_cell("rl_umaze_f100_cdp", "umaze 100%", "cdp", [11.1, 20.9, 31.0, 41.05, 50.95])
     um_cdp[1]["command"] = "python experiments/train.py --name rl_umaze_f100_cdp"
+    for _, cell in (um_edp, um_cdp):  # diagnostics: mu curves for the row
+        for seed in cell["seeds"].values():
+            seed["diagnostics"] = {"tau": [1.0, 0.5, 0.0], "mu_network_curve": [0.9, 0.5, 0.2],
+                                   "mu_drift_curve": [-1.0, -2.0, -5.0], "mu_network_lowest": 0.2,
+                                   "mu_drift_lowest": -5.0, "mu_drift_mean": -2.7,
+                                   "action_spread": 0.1, "distance_to_data_action": 0.3}
     medium = _fake_cell("rl_medium_f100_edp", "medium 100%", "edp", [1.0, 2.0])
     results = tmp_path / "results"
     results.mkdir()
@@ -275,7 +281,7 @@ def test_report_of_the_paper_layout(tmp_path):
     assert "| ema_copy | 11.0 ± 2.5 (3) | 11.0 ± 2.5 (3) | not measured | **cdp** | -19.0" in quirks
     assert {p.name for p in figs.glob("*.png")} >= {
         "paper_offline_rl_bars.png", "paper_offline_rl_curves.png", "paper_quirks.png",
-        "paper_quirks_curves.png"}
+        "paper_quirks_curves.png", "paper_mu_umaze100.png"}
 
 
 def test_a_failed_cell_does_not_stop_the_others(tmp_path, monkeypatch):
