@@ -265,6 +265,14 @@ def fraction_bars(record: dict, metric: str, path: Path, title: str,
     plt.close(fig)
 
 
+def _thousands(ax) -> None:
+    """Step ticks as 5k, 10k... (long step numbers overlap on narrow panels)."""
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"))
+
+
 def learning_curves(record: dict, metric: str, path: Path, title: str,
                     base: str = "vanilla") -> None:
     plt = _pyplot()
@@ -272,8 +280,8 @@ def learning_curves(record: dict, metric: str, path: Path, title: str,
     groups = paired_groups(by, base)
     if not groups:
         return
-    fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 2.6), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(2.8 * len(groups), 4.8), 3.0),
+                             sharey=True, squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
         for arm in (base, "cdp"):
             seeds = list(by[g][arm]["seeds"].values())
@@ -285,6 +293,7 @@ def learning_curves(record: dict, metric: str, path: Path, title: str,
             ax.fill_between(steps, m - ci, m + ci, alpha=0.2, color=ARM_COLORS[arm])
         ax.set_title(g, fontsize=9)
         ax.set_xlabel("gradient step")
+        _thousands(ax)
     axes[0][0].set_ylabel(metric.replace("_", " "))
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
@@ -338,8 +347,9 @@ def ablation_curves(abl: dict, metric: str, path: Path) -> None:
         ax.plot(steps, m, label=arm, color=color)
         ax.fill_between(steps, m - ci, m + ci, alpha=0.15, color=color)
     ax.set_xlabel("gradient step")
+    _thousands(ax)
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(abl.get("title", ABLATION_TITLE), fontsize=9)
+    ax.set_title(abl.get("title", ABLATION_TITLE), fontsize=9, wrap=True)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
