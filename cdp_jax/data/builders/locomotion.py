@@ -7,8 +7,10 @@ Recipe (Fu et al. 2020, "D4RL"), step by step:
    deterministic policy every ``eval_every`` env steps and keeping an actor snapshot each time, and
    records every transition it collects (``transitions.h5``).
 2. :func:`select_policies`: the **expert** is the best-evaluated snapshot; the **medium** one is
-   the snapshot (no later than the expert) whose evaluation return is closest to
-   ``medium_fraction`` (D4RL: about one third) of the expert's.
+   where D4RL early-stops its run: the *first* snapshot whose evaluation return is within
+   ``MEDIUM_TOLERANCE`` (10%) of ``medium_fraction`` (D4RL: about one third) of the expert's (if
+   none is, the closest one no later than the expert). A later snapshot that returns to that
+   level after the run has been at expert level would make ``medium-replay`` hold expert data.
 3. :func:`build` writes one of
 
    * ``medium``: ``num_steps`` steps of the medium policy, actions *sampled* from it;
@@ -50,6 +52,7 @@ from cdp_jax.data.builders.writer import (
 ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
 KINDS = ("medium", "medium-replay", "expert", "medium-expert")
 MEDIUM_FRACTION = 1.0 / 3.0
+MEDIUM_TOLERANCE = 0.1  # relative distance to the target return that counts as "reached"
 REFERENCE_SEED = 2**20  # reference-score rollouts use their own seeds, shared by all datasets
 
 
@@ -122,9 +125,10 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
         expert_step = selection.get("expert_step", max(evals, key=lambda s: (evals[s], -s)))
     if medium_step is None:
         target = medium_fraction * evals[expert_step]
-        candidates = [s for s in evals if s <= expert_step]
-        medium_step = selection.get(
-            "medium_step", min(candidates, key=lambda s: (abs(evals[s] - target), s)))
+        candidates = sorted(s for s in evals if s <= expert_step)
+        reached = [s for s in candidates if abs(evals[s] - target) <= MEDIUM_TOLERANCE * target]
+        medium_step = selection.get("medium_step", reached[0] if reached else min(
+            candidates, key=lambda s: (abs(evals[s] - target), s)))
     for name, step in (("medium_step", medium_step), ("expert_step", expert_step)):
         if step not in evals:
             raise ValueError(f"{name}={step} has no snapshot under {policy_dir}; evaluated "
