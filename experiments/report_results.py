@@ -273,6 +273,17 @@ def _thousands(ax) -> None:
         lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"))
 
 
+def _curve(ax, cell: dict, metric: str, label: str, color, alpha: float) -> None:
+    """A cell's learning curve: the mean over seeds, shaded by its 95% t-interval."""
+    seeds = list(cell["seeds"].values())
+    steps = [p["step"] for p in seeds[0]["curve"]]
+    y = np.array([[p[metric] for p in s["curve"]] for s in seeds])
+    m = y.mean(0)
+    ci = np.array([stats.mean_ci95(col)["ci95"] for col in y.T])
+    ax.plot(steps, m, label=label, color=color)
+    ax.fill_between(steps, m - ci, m + ci, alpha=alpha, color=color)
+
+
 def learning_curves(record: dict, metric: str, path: Path, title: str,
                     base: str = "vanilla") -> None:
     plt = _pyplot()
@@ -284,13 +295,7 @@ def learning_curves(record: dict, metric: str, path: Path, title: str,
                              sharey=True, squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
         for arm in (base, "cdp"):
-            seeds = list(by[g][arm]["seeds"].values())
-            steps = [p["step"] for p in seeds[0]["curve"]]
-            y = np.array([[p[metric] for p in s["curve"]] for s in seeds])
-            m = y.mean(0)
-            ci = np.array([stats.mean_ci95(col)["ci95"] for col in y.T])
-            ax.plot(steps, m, label=arm, color=ARM_COLORS[arm])
-            ax.fill_between(steps, m - ci, m + ci, alpha=0.2, color=ARM_COLORS[arm])
+            _curve(ax, by[g][arm], metric, arm, ARM_COLORS[arm], alpha=0.2)
         ax.set_title(g, fontsize=9)
         ax.set_xlabel("gradient step")
         _thousands(ax)
@@ -338,14 +343,7 @@ def ablation_curves(abl: dict, metric: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.4, 3.0))
     for i, cell in enumerate(cells):
         arm = cell["cell"]["arm"]
-        seeds = list(cell["seeds"].values())
-        steps = [p["step"] for p in seeds[0]["curve"]]
-        y = np.array([[p[metric] for p in s["curve"]] for s in seeds])
-        m = y.mean(0)
-        ci = np.array([stats.mean_ci95(col)["ci95"] for col in y.T])
-        color = ARM_COLORS.get(arm, f"C{i + 1}")
-        ax.plot(steps, m, label=arm, color=color)
-        ax.fill_between(steps, m - ci, m + ci, alpha=0.15, color=color)
+        _curve(ax, cell, metric, arm, ARM_COLORS.get(arm, f"C{i + 1}"), alpha=0.15)
     ax.set_xlabel("gradient step")
     _thousands(ax)
     ax.set_ylabel(metric.replace("_", " "))
