@@ -136,6 +136,12 @@ def reference_cells(name: str) -> list[study.Cell]:
     return [c for c in cells_for("rl", (ABLATION_TASK,)) if c.fraction == 0.1]
 
 
+def study_cells(name: str, tasks, args) -> list[study.Cell]:
+    """The cells of study ``name`` on ``tasks``, after the rl cells it compares with."""
+    return reference_cells(name) + cells_for(name, tuple(tasks), args.il_steps,
+                                             min(args.eval_every, 1000))
+
+
 def dataset_missing(dataset_id: str) -> bool:
     from cdp_jax.data import minari  # noqa: PLC0415 (keep --help free of JAX start-up)
 
@@ -176,9 +182,8 @@ def main(argv=None) -> int:
     for name in names:
         # The whole grid is collected (a partial run must not drop finished cells from the
         # JSON); only the cells selected by --tasks / --cells run.
-        grid, cells = (reference_cells(name) + cells_for(
-            name, tasks, args.il_steps, min(args.eval_every, 1000))
-            for tasks in (tuple(RL_TASKS | IL_TASKS), tuple(args.tasks)))
+        grid = study_cells(name, RL_TASKS | IL_TASKS, args)
+        cells = study_cells(name, args.tasks, args)
         if args.cells is not None:
             cells = [c for c in cells if c.name in args.cells]
         if not args.collect_only:

@@ -129,12 +129,10 @@ def status_lines(record: dict, unpaired: list[str] = ()) -> list[str]:
         lines.append(f"Not run yet: {', '.join(record['missing'])}.")
     if unpaired:
         lines.append(f"Left out, one arm only so far: {'; '.join(unpaired)}.")
-    commands = [(name, cell["command"]) for name, cell in record["cells"].items()
-                if cell.get("command")]
+    commands = [cell["command"] for cell in record["cells"].values() if cell.get("command")]
     if commands:
-        lines += ["", "<details><summary>commands</summary>", "", "```bash"]
-        lines += [command for _, command in commands]
-        lines += ["```", "", "</details>"]
+        lines += ["", "<details><summary>commands</summary>", "", "```bash", *commands, "```", "",
+                  "</details>"]
     return lines + [""] if lines else []
 
 
