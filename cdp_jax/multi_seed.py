@@ -26,13 +26,11 @@ from cdp_jax.agents import DATA, get_agent
 from cdp_jax.data import buffer, minari
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data.normalization import Normalizer
+from cdp_jax.run_config import TrainConfig, check_resume, config_dict, resolve_agent_config
 from cdp_jax.training import (
-    TrainConfig,
     _check_finite,
     check_fresh_or_resume,
-    check_resume,
     check_state_finite,
-    config_dict,
     eval_protocol,
     init_seeds,
     lr_schedule_note,
@@ -40,7 +38,6 @@ from cdp_jax.training import (
     make_seeds_chunk,
     prepare_arrays,
     process_dir,
-    resolve_agent_config,
     restore_for_resume,
     resume_step,
 )

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jax
 
-from cdp_jax import checkpoint, cli, evaluation, training
+from cdp_jax import checkpoint, cli, evaluation, run_config, training
 from cdp_jax.agents import common
 from cdp_jax.data import minari
 
@@ -70,15 +70,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    training.load_run_config(args.run_dir)  # a clear error if there is no run
+    run_config.load_run_config(args.run_dir)  # a clear error if there is no run
     try:
-        step = training.checkpoint_step(args.run_dir, args.checkpoint)
+        step = run_config.checkpoint_step(args.run_dir, args.checkpoint)
         out = Path(args.run_dir) / f"eval_{step}_{args.tag}.json"
         if out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists (an earlier evaluation of this checkpoint with "
                                   f"tag {args.tag!r}); pass another --tag, or --overwrite to "
                                   "replace it.")
-        config, agent_config, state, norm, meta = training.load_policy(args.run_dir, step)
+        config, agent_config, state, norm, meta = run_config.load_policy(args.run_dir, step)
     except checkpoint.CheckpointError as err:
         raise checkpoint.CheckpointError(f"{err} Choose one with --checkpoint STEP.") from None
     overrides = list(args.set)

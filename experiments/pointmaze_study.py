@@ -205,7 +205,7 @@ def run_solver_step_evals(cells: list[Cell], args) -> None:
     """
     import jax  # noqa: PLC0415
 
-    from cdp_jax import training  # noqa: PLC0415
+    from cdp_jax import run_config, training  # noqa: PLC0415
     from cdp_jax.data import minari  # noqa: PLC0415
 
     for cell in cells:
@@ -215,7 +215,7 @@ def run_solver_step_evals(cells: list[Cell], args) -> None:
             todo = [n for n in EVAL_SOLVER_STEPS if not (seed_dir / f"solver{n}.json").exists()]
             if not todo:
                 continue
-            config, agent_config, state, norm, meta = training.load_policy(seed_dir)
+            config, agent_config, state, norm, meta = run_config.load_policy(seed_dir)
             envs = training.make_eval_envs(data, config)
             try:
                 for n in todo:
@@ -374,13 +374,13 @@ def diagnose_cell(run_dir: Path, agent_name: str) -> None:
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from cdp_jax import training  # noqa: PLC0415
+    from cdp_jax import run_config, training  # noqa: PLC0415
 
     for seed_dir in sorted(run_dir.glob("seed_*")):
         out = seed_dir / "diagnostics.json"
         if out.exists():
             continue
-        config, agent_config, state, norm, meta = training.load_policy(seed_dir)
+        config, agent_config, state, norm, meta = run_config.load_policy(seed_dir)
         data = _load_dataset(config.dataset)
         arrays, _ = training.prepare_arrays(data, agent_name, agent_config, config, norm)
         idx = np.random.default_rng(0).choice(len(arrays["actions"]), DIAG_OBS, replace=False)

@@ -61,7 +61,7 @@ import time
 
 import tqdm
 
-from cdp_jax import cli, multi_seed, paper, parallel, training
+from cdp_jax import cli, multi_seed, paper, parallel, run_config, training
 from cdp_jax.agents import CONFIGS, common
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
@@ -75,19 +75,19 @@ BUILDABLE = {"cdp/pointmaze/umaze-v0": "umaze", "cdp/pointmaze/medium-v0": "medi
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=None, choices=sorted(training.PRESETS),
+    parser.add_argument("--preset", default=None, choices=sorted(run_config.PRESETS),
                         help="named configuration the other flags override (default: quickstart; "
                              "paper / paper-il: the official CDP pipeline; with --resume: the "
                              "run's saved config.json)")
-    defaults = training.TrainConfig()
-    for field, kind in common.field_types(training.TrainConfig).items():
+    defaults = run_config.TrainConfig()
+    for field, kind in common.field_types(run_config.TrainConfig).items():
         flag = "--" + field.replace("_", "-")
         if field == "resume":
             parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                                 help="continue the run in runs/<name> (or --run-dir) from its "
                                      "latest checkpoint with its saved configuration; other "
                                      "flags override it, but only "
-                                     f"{', '.join(training.RESUME_MAY_CHANGE)} may change")
+                                     f"{', '.join(run_config.RESUME_MAY_CHANGE)} may change")
         elif field == "resume_from":
             parser.add_argument("--resume-from", type=str, default=None, metavar="STEP",
                                 help="with --resume (implied): continue from the checkpoint at "
@@ -128,14 +128,14 @@ def make_configs(args):
     """(TrainConfig, agent config) from the preset and the flags; validated before any compile.
 
     With ``--resume`` (and no explicit ``--preset``): the run's saved configuration, overridden by
-    the flags given (:func:`cdp_jax.training.resume_configs`).
+    the flags given (:func:`cdp_jax.run_config.resume_configs`).
     """
     overrides = {}
-    for field in common.field_types(training.TrainConfig):
+    for field in common.field_types(run_config.TrainConfig):
         value = getattr(args, field)
         if value is not None:
             overrides[field] = (value if isinstance(value, bool) else
-                                common.parse_field_value(training.TrainConfig, field, value))
+                                common.parse_field_value(run_config.TrainConfig, field, value))
     if overrides.get("resume_from") is not None:
         overrides["resume"] = True
     agent_sets = list(args.set)
@@ -144,18 +144,18 @@ def make_configs(args):
     if args.candidates is not None:
         agent_sets.insert(0, f"num_candidates={args.candidates}")
     preset = args.preset or "quickstart"
-    default_agent = next(k for k in training.PRESETS[preset] if k != "train")
+    default_agent = next(k for k in run_config.PRESETS[preset] if k != "train")
     agent = overrides.get("agent", default_agent)
     name = overrides.get("name", preset if agent == default_agent else f"{preset}_{agent}")
     if overrides.get("resume") and args.preset is None:
-        run_dir = training.TrainConfig(name=name, run_dir=overrides.get("run_dir")).validate().path
+        run_dir = run_config.TrainConfig(name=name, run_dir=overrides.get("run_dir")).validate().path
         saved_dir = run_dir
         if args.seeds is not None:  # each seed's config.json: the first seed's stands for all
             saved_dir = run_dir / f"seed_{multi_seed.parse_seeds(args.seeds)[0]}"
-        config, agent_config = training.resume_configs(saved_dir, overrides, agent_sets)
+        config, agent_config = run_config.resume_configs(saved_dir, overrides, agent_sets)
         return dataclasses.replace(config, run_dir=str(run_dir)).validate(), agent_config
     overrides.pop("agent", None)
-    return training.preset(preset, agent, agent_sets, **{"name": name, **overrides})
+    return run_config.preset(preset, agent, agent_sets, **{"name": name, **overrides})
 
 
 def ensure_dataset(dataset_id: str, build_steps: int) -> None:
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         raise ValueError(str(err)) from None
     if config.resume:  # refuse a mismatched resume before building anything
         for c in [multi_seed.seed_config(config, s) for s in seeds] if seeds else [config]:
-            training.check_resume(c, agent_config)
+            run_config.check_resume(c, agent_config)
     if args.preset == "paper":
         print(paper.describe_task_values(config, agent_config), flush=True)
     ensure_dataset(config.dataset, args.build_steps)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from cdp_jax import checkpoint, cli, run_directory, training
+from cdp_jax import checkpoint, cli, run_config, run_directory, training
 from cdp_jax.agents import dql
 from cdp_jax.data import minari
 from cdp_jax.data.builders import pointmaze
@@ -34,19 +34,19 @@ def saved_run(minari_root, tmp_path_factory):
     pointmaze.build("umaze", num_steps=3000, seed=0, dataset_id=DATASET,
                     num_reference_episodes=2)
     run = tmp_path_factory.mktemp("runs") / "saved"
-    config = training.TrainConfig(
+    config = run_config.TrainConfig(
         name="saved", dataset=DATASET, steps=40, batch_size=32, updates_per_call=10,
         eval_every=20, eval_episodes=2, eval_envs=2, checkpoint_every=20, run_dir=str(run),
         progress=False)
-    agent_config = training.resolve_agent_config(config, dql.default_config(
+    agent_config = run_config.resolve_agent_config(config, dql.default_config(
         actor_hidden_dim=32, critic_hidden_dim=32, time_dim=16, diffusion_steps=10,
         sampler_steps=3))
     data = minari.load(DATASET)
     _, norm = training.prepare_arrays(data, "dql", agent_config, config)
     state = dql.init(jax.random.PRNGKey(0), agent_config, data.obs_dim, data.act_dim)
     run.mkdir()
-    run_directory.write_json(run / "config.json", training.config_dict(config, agent_config))
-    meta = {"config": training.config_dict(config, agent_config), "normalizer": norm.to_dict(),
+    run_directory.write_json(run / "config.json", run_config.config_dict(config, agent_config))
+    meta = {"config": run_config.config_dict(config, agent_config), "normalizer": norm.to_dict(),
             "dataset": {"id": DATASET, "obs_keys": list(data.obs_keys),
                         "obs_dim": data.obs_dim, "action_dim": data.act_dim},
             "eval_history": [], "finite": True}
@@ -161,7 +161,7 @@ def test_train_help_documents_resume_from(capsys):
         train.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--resume-from STEP" in text and "--resume-from STEP" in train.__doc__
-    for field in training.RESUME_MAY_CHANGE:
+    for field in run_config.RESUME_MAY_CHANGE:
         assert field in text
 
 
@@ -173,7 +173,7 @@ def test_make_dataset_unknown_env_is_one_message(minari_root):
 def test_user_errors_and_bugs():
     """Only the project's checks become one line; the same type from elsewhere is a bug."""
     def main(argv):
-        training.TrainConfig(name="").validate()
+        run_config.TrainConfig(name="").validate()
 
     assert cli.run(main) == cli.EXIT_USER_ERROR
     with pytest.raises(ValueError, match="reshape"):  # raised inside numpy: a bug

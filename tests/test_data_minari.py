@@ -367,7 +367,7 @@ def test_training_data_preparation_checks_values(minari_root, agent):
     NaN action no longer hides an out-of-range one (max |a| was NaN, the guard false, 5.0 clipped)."""
     import dataclasses
 
-    from cdp_jax import training
+    from cdp_jax import run_config, training
     from cdp_jax.agents import CONFIGS
 
     if not (minari_root / "cdp/test/pendulum-clean-v0").exists():
@@ -375,7 +375,7 @@ def test_training_data_preparation_checks_values(minari_root, agent):
     data = dm.load("cdp/test/pendulum-clean-v0")
     data = dataclasses.replace(data, actions=data.actions / 2.0)  # Pendulum's [-2, 2] -> [-1, 1]
     prepare = lambda d: training.prepare_arrays(d, agent, CONFIGS[agent](),
-                                                training.TrainConfig(agent=agent))
+                                                run_config.TrainConfig(agent=agent))
     arrays, _ = prepare(data)
     assert all(np.isfinite(a).all() for a in arrays.values())
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cdp_jax import training
+from cdp_jax import run_config, training
 from cdp_jax.agents import dbc
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
@@ -95,7 +95,7 @@ AGENT = dict(actor_network="unet", obs_horizon=2, action_horizon=16, n_action=8,
 
 def _train(tmp_path, dataset_id, steps, eval_episodes, eval_envs, **agent):
     agent_config = dbc.default_config(**{**AGENT, **agent})
-    config = training.TrainConfig(
+    config = run_config.TrainConfig(
         name="fetch", agent="dbc", dataset=dataset_id, steps=steps, batch_size=128,
         updates_per_call=min(steps, 250), eval_every=0, eval_episodes=eval_episodes,
         eval_envs=eval_envs, checkpoint_every=0, run_dir=str(tmp_path / "run"), progress=False)

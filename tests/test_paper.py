@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdp_jax import diffusion, networks, paper, samplers, schedules, training
+from cdp_jax import diffusion, networks, paper, run_config, samplers, schedules
 from cdp_jax.agents import dql
 from cdp_jax.data import protocol
 from cdp_jax.data.dataset import OfflineDataset
@@ -51,14 +51,14 @@ def test_official_table_has_every_task_config_of_the_official_code():
 
 
 def test_paper_preset_takes_the_task_row():
-    config, agent = training.preset("paper", dataset="mujoco/hopper/medium-replay-v0")
+    config, agent = run_config.preset("paper", dataset="mujoco/hopper/medium-replay-v0")
     assert (agent.eta, agent.candidate_temperature, agent.td_samples) == (1.0, 300.0, 1)
     assert config.reward_normalization == "returns_range" and config.max_episode_steps == 1000
     assert config.fraction_unit == "transitions" and config.steps == 200_000
     assert agent.contraction == paper.PAPER_PENALTY and agent.num_candidates == 100
     assert agent.contraction.penalised_count(256) == 64  # room for every in-window sample
     # Explicit flags win over the row.
-    config, agent = training.preset("paper", agent_overrides=["eta=2.5"],
+    config, agent = run_config.preset("paper", agent_overrides=["eta=2.5"],
                                     dataset="cdp/hopper/medium-v0", max_episode_steps=500)
     assert agent.eta == 2.5 and agent.candidate_temperature == 300.0
     assert config.max_episode_steps == 500
@@ -67,20 +67,20 @@ def test_paper_preset_takes_the_task_row():
 def test_paper_preset_unknown_dataset_needs_explicit_values():
     with pytest.raises(ValueError, match=r"no per-task row for dataset 'my/data-v0'.*hopper-medium"
                                          r".*--set eta=E --set candidate_temperature=C"):
-        training.preset("paper", dataset="my/data-v0")
+        run_config.preset("paper", dataset="my/data-v0")
     with pytest.raises(ValueError, match="no per-task row"):
-        training.preset("paper", agent_overrides=["eta=2"], dataset="my/data-v0")
-    _, agent = training.preset("paper", agent_overrides=["eta=2", "candidate_temperature=7"],
+        run_config.preset("paper", agent_overrides=["eta=2"], dataset="my/data-v0")
+    _, agent = run_config.preset("paper", agent_overrides=["eta=2", "candidate_temperature=7"],
                                dataset="my/data-v0")
     assert (agent.eta, agent.candidate_temperature) == (2.0, 7.0)
 
 
 def test_paper_il_preset_and_agent_checks():
-    config, agent = training.preset("paper-il")
+    config, agent = run_config.preset("paper-il")
     assert config.agent == "dbc" and agent.actor_network == "pearce"
     assert agent.contraction.window == 1.0 and not agent.sampler_clip_x0
     with pytest.raises(ValueError, match="is for agent"):
-        training.preset("paper", "dbc")
+        run_config.preset("paper", "dbc")
 
 
 def test_defaults_are_not_the_quirks():

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cdp_jax import checkpoint, multi_seed, run_directory, training
+from cdp_jax import checkpoint, multi_seed, run_config, run_directory, training
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import dql
 from cdp_jax.data.builders import pointmaze
@@ -43,7 +43,7 @@ def datasets_path(tmp_path_factory):
 @pytest.fixture
 def tiny(datasets_path, tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(datasets_path))
-    config = training.TrainConfig(
+    config = run_config.TrainConfig(
         name="tiny", dataset=DATASET, steps=40, batch_size=32, updates_per_call=10,
         eval_every=20, eval_episodes=2, eval_envs=2, checkpoint_every=20, keep_checkpoints=3,
         run_dir=str(tmp_path / "run"), progress=False)
@@ -136,14 +136,14 @@ def test_resume_reuses_the_saved_configuration(tiny, fast_loop, monkeypatch):
     monkeypatch.undo()
     saved = json.loads((config.path / "config.json").read_text())
 
-    resumed, resumed_agent = training.resume_configs(config.path)
+    resumed, resumed_agent = run_config.resume_configs(config.path)
     assert resumed == dataclasses.replace(config, resume=True)
-    assert resumed_agent == training.resolve_agent_config(config, agent_config)
-    longer, _ = training.resume_configs(config.path, {"steps": 80, "eval_every": 40})
+    assert resumed_agent == run_config.resolve_agent_config(config, agent_config)
+    longer, _ = run_config.resume_configs(config.path, {"steps": 80, "eval_every": 40})
     assert (longer.steps, longer.eval_every, longer.batch_size) == (80, 40, 32)
 
     # batch size, dataset and an agent field differ: refused, each named with both values
-    other, other_agent = training.resume_configs(config.path, {"batch_size": 64,
+    other, other_agent = run_config.resume_configs(config.path, {"batch_size": 64,
                                                                 "dataset": "cdp/other-v0"},
                                                  ["eta=2.0", "contraction.weight=0.5"])
     with pytest.raises(ValueError) as err:
@@ -155,7 +155,7 @@ def test_resume_reuses_the_saved_configuration(tiny, fast_loop, monkeypatch):
         assert change in str(err.value)
     assert json.loads((config.path / "config.json").read_text()) == saved  # not overwritten
     with pytest.raises(ValueError, match="agent='dql'"):
-        training.resume_configs(config.path, {"agent": "dbc"})
+        run_config.resume_configs(config.path, {"agent": "dbc"})
 
 
 def test_resumed_tensorboard_keeps_the_resume_step(tiny, fast_loop, monkeypatch):
@@ -294,7 +294,7 @@ def test_resume_may_change_the_documented_fields_only(tiny, fast_loop, capsys):
     summary = training.train(longer, agent_config)  # lr_decay_steps stays the saved 40
     assert summary["steps"] == 60
     assert "decay of this run ends at step 40" in capsys.readouterr().out
-    saved_train, saved_agent = training.load_run_config(config.path)
+    saved_train, saved_agent = run_config.load_run_config(config.path)
     assert saved_train.steps == 60 and saved_agent.lr_decay_steps == 40
     assert checkpoint.list_steps(config.path / "checkpoints") == [20, 40, 60]
     with pytest.raises(ValueError, match="seed: saved 0, requested 1"):

@@ -21,7 +21,7 @@ import optax
 import pytest
 from flax import struct
 
-from cdp_jax import contraction, multi_seed, parallel, training
+from cdp_jax import contraction, multi_seed, parallel, run_config, training
 from cdp_jax.agents import dql
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,7 +217,7 @@ def test_train_seeds_writes_what_separate_runs_write(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     pointmaze.build("umaze", num_steps=3000, seed=0, dataset_id="cdp/pointmaze/tiny-v0",
                     num_reference_episodes=2)
-    config = training.TrainConfig(
+    config = run_config.TrainConfig(
         name="seeds", dataset="cdp/pointmaze/tiny-v0", steps=20, batch_size=16,
         updates_per_call=10, eval_every=20, eval_episodes=3, eval_envs=2, checkpoint_every=10,
         fraction=0.5, run_dir=str(tmp_path / "multi"), progress=False)
@@ -231,7 +231,7 @@ def test_train_seeds_writes_what_separate_runs_write(tmp_path, monkeypatch):
                        agent_config)
         multi_dir = tmp_path / "multi" / f"seed_{seed}"
         assert checkpoint.list_steps(multi_dir / "checkpoints") == [10, 20]
-        a, b = training.load_policy(multi_dir), training.load_policy(single_dir)
+        a, b = run_config.load_policy(multi_dir), run_config.load_policy(single_dir)
         assert a[0].seed == seed and a[3].to_dict() == b[3].to_dict()
         assert_trees_close(a[2], b[2], **TOL)
         eval_a = json.loads((multi_dir / "eval.json").read_text())["evaluations"]
@@ -250,7 +250,7 @@ def test_train_seeds_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     pointmaze.build("umaze", num_steps=3000, seed=0, dataset_id="cdp/pointmaze/tiny-v0",
                     num_reference_episodes=2)
-    config = training.TrainConfig(
+    config = run_config.TrainConfig(
         name="seeds", dataset="cdp/pointmaze/tiny-v0", steps=20, batch_size=16,
         updates_per_call=10, eval_every=10, eval_episodes=2, eval_envs=2, checkpoint_every=10,
         run_dir=str(tmp_path / "straight"), progress=False)
@@ -271,8 +271,8 @@ def test_train_seeds_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.CheckpointManager, "save", real_save)
     multi_seed.train_seeds(dataclasses.replace(interrupted, resume=True), tiny_dql(), (1, 2))
     for seed in (1, 2):
-        a = training.load_policy(tmp_path / "straight" / f"seed_{seed}")[2]
-        b = training.load_policy(tmp_path / "resumed" / f"seed_{seed}")[2]
+        a = run_config.load_policy(tmp_path / "straight" / f"seed_{seed}")[2]
+        b = run_config.load_policy(tmp_path / "resumed" / f"seed_{seed}")[2]
         assert int(a.step) == int(b.step) == 20
         assert_trees_close(a, b, rtol=0, atol=0)
         rows = [(tmp_path / run / f"seed_{seed}" / "metrics.csv").read_text().splitlines()

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdp_jax import checkpoint, parallel, training
+from cdp_jax import checkpoint, parallel, run_config, training
 from cdp_jax.agents import common, dbc, dql
 from cdp_jax.data import minari
 from cdp_jax.data.builders import pointmaze
@@ -32,7 +32,7 @@ def datasets_path(tmp_path_factory):
 @pytest.fixture
 def tiny(datasets_path, tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(datasets_path))
-    config = training.TrainConfig(
+    config = run_config.TrainConfig(
         name="tiny", dataset=DATASET, steps=40, batch_size=32, updates_per_call=10,
         eval_every=20, eval_episodes=2, eval_envs=2, checkpoint_every=20, keep_checkpoints=2,
         run_dir=str(tmp_path / "run"), progress=False)
@@ -84,8 +84,8 @@ def test_exact_resume_and_outputs(tiny, tmp_path, monkeypatch):
         training.train(interrupted, agent_config)
     training.train(dataclasses.replace(interrupted, resume=True), agent_config)
 
-    a = training.load_policy(run)
-    b = training.load_policy(tmp_path / "resumed")
+    a = run_config.load_policy(run)
+    b = run_config.load_policy(tmp_path / "resumed")
     assert int(a[2].step) == int(b[2].step) == 40
     assert _leaves_equal(a[2], b[2])  # bitwise: params, EMA, targets, optimiser states
     assert _rows(run / "metrics.csv") == _rows(tmp_path / "resumed" / "metrics.csv")
@@ -120,10 +120,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, monkeypatch):
     monkeypatch.setattr(dql, "update", poisoned)
     with pytest.raises(training.TrainingDivergedError, match="critic/loss at gradient step 26"):
         training.train(config, agent_config)
-    ckpt_dir = training.TrainConfig(run_dir=config.run_dir).path / "checkpoints"
+    ckpt_dir = run_config.TrainConfig(run_dir=config.run_dir).path / "checkpoints"
     assert checkpoint.list_steps(ckpt_dir) == [20]
     tree, meta = checkpoint.restore(ckpt_dir, {"state": dql.init(jax.random.PRNGKey(0),
-                                                                 training.resolve_agent_config(
+                                                                 run_config.resolve_agent_config(
                                                                      config, agent_config), 6, 2),
                                                "rng": jax.random.PRNGKey(0)})
     assert meta["step"] == 20
@@ -133,7 +133,7 @@ def test_invalid_configs_fail_before_compilation(tiny, monkeypatch):
     config, agent_config = tiny
     monkeypatch.setattr(training, "make_train_chunk", lambda *a: pytest.fail("compiled"))
     with pytest.raises(ValueError, match="Unknown preset"):
-        training.preset("huge")
+        run_config.preset("huge")
     with pytest.raises(ValueError, match="eval_every"):
         dataclasses.replace(config, eval_every=15).validate()
     with pytest.raises(ValueError, match="sampler_steps"):
@@ -144,7 +144,7 @@ def test_invalid_configs_fail_before_compilation(tiny, monkeypatch):
     with pytest.raises(ValueError, match="does not match its environment"):
         training.make_eval_envs(wrong, config)
     with pytest.raises(ValueError, match="agent"):
-        training.TrainConfig(agent="sac").validate()
+        run_config.TrainConfig(agent="sac").validate()
 
 
 def test_names_non_finite_values_and_memory_fail_before_compilation(tiny, monkeypatch):
@@ -278,7 +278,7 @@ def test_kill_and_resume_in_a_fresh_process(datasets_path, tmp_path):
                              cwd=root, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    a, b = training.load_policy(tmp_path / "a"), training.load_policy(tmp_path / "b")
+    a, b = run_config.load_policy(tmp_path / "a"), run_config.load_policy(tmp_path / "b")
     assert _leaves_equal(a[2], b[2])
     assert _rows(tmp_path / "a" / "metrics.csv") == _rows(tmp_path / "b" / "metrics.csv")
     eval_a = json.loads((tmp_path / "a" / "eval.json").read_text())["evaluations"]
@@ -305,7 +305,7 @@ def test_resume_from_an_earlier_checkpoint_equals_a_straight_run(tiny, tmp_path)
         training.train(dataclasses.replace(config, resume=True), agent_config)
     training.train(dataclasses.replace(config, resume=True, resume_from=20), agent_config)
 
-    a, b = training.load_policy(straight.path), training.load_policy(config.path)
+    a, b = run_config.load_policy(straight.path), run_config.load_policy(config.path)
     assert _leaves_equal(a[2], b[2])
     assert _rows(straight.path / "metrics.csv") == _rows(config.path / "metrics.csv")
     eval_a = json.loads((straight.path / "eval.json").read_text())["evaluations"]
