@@ -1,5 +1,5 @@
 """Environment steps per second of SAC's online training loop on Hopper-v5: the previous loop against
-:func:`cdp_jax.agents.sac.train`, in one run.
+:func:`cdp_jax.agents.sac_train.train`, in one run.
 
 Rows (all: batch 256, 256-256 networks, one jitted ``lax.scan`` of updates every 50 env steps,
 no transition record, one final evaluation episode outside the timed window):
@@ -8,7 +8,7 @@ no transition record, one final evaluation episode outside the timed window):
   baseline): per env step a host-side key split, ``jnp.asarray`` of the observation and a jitted
   ``act`` on the whole agent state. With the same seed it trains bit-identical parameters to
   ``new`` (same random stream, same updates; checked first, :func:`old_equals_new`);
-* ``new``: :func:`sac.train` with the defaults (one env, one update per env step): one jitted
+* ``new``: :func:`sac_train.train` with the defaults (one env, one update per env step): one jitted
   :func:`sac.explore` per vector step on the actor's parameters, the key split inside it;
 * ``new/num_envs=5``: five envs stepping together, actions for all from one call
   (``train_every=10``: still 50 env steps and 50 updates per update call);
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from train_throughput import count_flops
 
-from cdp_jax.agents import sac
+from cdp_jax.agents import sac, sac_train
 
 ENV_ID = "Hopper-v5"
 MATMUL_N = 2048
@@ -56,13 +56,13 @@ ROWS = {"old": {}, "new": {}, "new/num_envs=5": {"num_envs": 5, "train_every": 1
 
 
 def old_train(env_id, config, num_steps, seed=0, *, eval_episodes=1, progress=None):
-    """The previous ``sac.train`` hot loop, verbatim but for the output / resume branches (off in
-    every row here): the baseline the ``old`` row times."""
+    """The previous ``sac_train.train`` hot loop, verbatim but for the output / resume branches (off
+    in every row here): the baseline the ``old`` row times."""
     config.validate()
-    envs = sac._make_envs(env_id, config.num_envs, None)
+    envs = sac_train._make_envs(env_id, config.num_envs, None)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim = int(np.prod(envs.single_action_space.shape))
-    scale = sac.action_scaler(envs.single_action_space)
+    scale = sac_train.action_scaler(envs.single_action_space)
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
     key, init_key = jax.random.split(key)
@@ -82,7 +82,8 @@ def old_train(env_id, config, num_steps, seed=0, *, eval_episodes=1, progress=No
                 policy_action = rng.uniform(-1.0, 1.0, (config.num_envs, action_dim))
             else:
                 key, k = jax.random.split(key)
-                policy_action = np.asarray(sac._act_jit(state, jnp.asarray(obs, jnp.float32), k))
+                policy_action = np.asarray(sac_train._act_jit(state, jnp.asarray(obs, jnp.float32),
+                                                              k))
             env_action = scale(policy_action)
             next_obs, reward, terminated, truncated, info = envs.step(env_action)
             real_next = np.array(next_obs, dtype=np.float64)
@@ -107,13 +108,13 @@ def old_train(env_id, config, num_steps, seed=0, *, eval_episodes=1, progress=No
                 idx = rng.integers(size, size=(num_updates, config.batch_size))
                 batches = {k: v[idx] for k, v in buffer.items()}
                 key, k = jax.random.split(key)
-                state, metrics = sac._update_many_jit(state, batches, k)
+                state, metrics = sac_train._update_many_jit(state, batches, k)
                 last_metrics = {n: float(np.mean(v)) for n, v in metrics.items()}
                 if not all(np.isfinite(v) for v in last_metrics.values()):
                     raise FloatingPointError(f"non-finite SAC metrics at env step {steps}")
     finally:
         envs.close()
-    sac.evaluate_policy(state, env_id, eval_episodes, seed + 10_000 + steps)
+    sac_train.evaluate_policy(state, env_id, eval_episodes, seed + 10_000 + steps)
     return state
 
 
@@ -125,8 +126,8 @@ def timed_run(name: str, config: sac.SACConfig, num_steps: int) -> dict:
     if name == "old":
         old_train(ENV_ID, config, num_steps, progress=progress)
     else:
-        sac.train(ENV_ID, config, num_steps, eval_every=num_steps, eval_episodes=1,
-                  progress=progress)
+        sac_train.train(ENV_ID, config, num_steps, eval_every=num_steps, eval_episodes=1,
+                        progress=progress)
     # stamps[j] is taken after vector step j + 1, before that step's update call (if any), so
     # stamps[j + 1] - stamps[j] holds that call (if any) and the collection of vector step j + 2.
     first = config.learning_starts // config.num_envs + config.train_every - 1
@@ -140,12 +141,12 @@ def timed_run(name: str, config: sac.SACConfig, num_steps: int) -> dict:
 
 
 def old_equals_new(num_envs: int) -> bool:
-    """Whether the baseline and :func:`sac.train` train bit-identical parameters from one seed
+    """Whether the baseline and :func:`sac_train.train` train bit-identical parameters from one seed
     (a small Hopper run: 64-64 networks, 300 random then 600 policy steps)."""
     config = sac.default_config(hidden_dims=(64, 64), batch_size=64, learning_starts=300,
                                 num_envs=num_envs, train_every=30 // num_envs)
     old = old_train(ENV_ID, config, 900, seed=4)
-    new, _ = sac.train(ENV_ID, config, 900, seed=4, eval_every=900, eval_episodes=1)
+    new, _ = sac_train.train(ENV_ID, config, 900, seed=4, eval_every=900, eval_episodes=1)
     return all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new),
                                                      strict=True))
 
@@ -181,7 +182,7 @@ def main():
 
     def probe(times):
         start = time.perf_counter()
-        jax.block_until_ready(sac._update_many_jit(state, batches, jax.random.PRNGKey(1)))
+        jax.block_until_ready(sac_train._update_many_jit(state, batches, jax.random.PRNGKey(1)))
         times["update"].append((time.perf_counter() - start) / 50)
         start = time.perf_counter()
         jax.block_until_ready(matmul(a))

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cdp_jax.agents import sac
+from cdp_jax.agents import sac, sac_train
 from cdp_jax.data import minari as dm
 from cdp_jax.data.builders import locomotion
 
@@ -116,8 +116,8 @@ def test_episodes_end_where_the_env_ended(built):
 def test_normalised_scores_expert_100_random_0(built, policy_dir):
     data = dm.load("cdp/hopper/expert-v0")
     sel = locomotion.select_policies(policy_dir)
-    state, _ = sac.load_actor(policy_dir, sel["expert_step"])
-    expert = sac.evaluate_policy(state, "Hopper-v5", 5, seed=777)["returns"]
+    state, _ = sac_train.load_actor(policy_dir, sel["expert_step"])
+    expert = sac_train.evaluate_policy(state, "Hopper-v5", 5, seed=777)["returns"]
     random_returns = locomotion._episode_returns(None, "hopper", 30, seed=777)
     assert abs(dm.normalized_score(data, expert).mean() - 100.0) < 10.0
     assert abs(dm.normalized_score(data, random_returns).mean()) < 25.0

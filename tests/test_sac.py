@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdp_jax.agents import sac
+from cdp_jax.agents import sac, sac_train
 
 SMALL = dict(hidden_dims=(32, 32), batch_size=32)
 # One config (and Pendulum's shapes: obs 3, action 1, 2 envs x 25 steps = 50 updates per call) for
@@ -59,7 +59,7 @@ def test_update_scan_matches_a_python_loop_of_plain_updates(plain_update):
     num = TINY.num_envs * TINY.train_every
     batches = jax.vmap(lambda k: _batch(k, TINY.batch_size, 3, 1))(
         jax.random.split(jax.random.PRNGKey(1), num))
-    scanned, scan_metrics = sac._update_many_jit(state, batches, jax.random.PRNGKey(2))
+    scanned, scan_metrics = sac_train._update_many_jit(state, batches, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(2), num)
     looped = state
     for i in range(3):  # one update per call
@@ -85,7 +85,7 @@ def test_update_many_equals_k_jitted_single_updates():
     num = sac.updates_per_call(TINY)
     batches = jax.vmap(lambda k: _batch(k, TINY.batch_size, 3, 1))(
         jax.random.split(jax.random.PRNGKey(1), num))
-    scanned, _ = sac._update_many_jit(state, batches, jax.random.PRNGKey(2))
+    scanned, _ = sac_train._update_many_jit(state, batches, jax.random.PRNGKey(2))
     single = jax.jit(sac.update)
     looped = state
     for i, k in enumerate(jax.random.split(jax.random.PRNGKey(2), num)):
@@ -101,7 +101,7 @@ def test_explore_is_act_with_the_key_split_inside():
     state = sac.init(jax.random.PRNGKey(0), TINY, 3, 1)
     obs = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
     key = jax.random.PRNGKey(2)
-    a1, key1 = sac._explore_jit(state.actor_params, obs, key, config=TINY, action_dim=1)
+    a1, key1 = sac_train._explore_jit(state.actor_params, obs, key, config=TINY, action_dim=1)
     next_key, k = jax.random.split(key)
     np.testing.assert_array_equal(key1, next_key)
     np.testing.assert_allclose(a1, sac.act(state, obs, k), rtol=1e-6, atol=1e-7)
@@ -146,7 +146,7 @@ def test_vector_env_step_stores_final_observations_and_the_two_end_flags():
     steps = []
     for _ in range(8):
         action = np.full((4, 1), 0.5)
-        obs, transition = sac.vector_env_step(envs, obs, action)
+        obs, transition = sac_train.vector_env_step(envs, obs, action)
         steps.append(transition | {"returned_obs": obs})
     envs.close()
     stack = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
@@ -171,7 +171,7 @@ def test_vector_env_step_stores_final_observations_and_the_two_end_flags():
         np.testing.assert_array_equal(stack["rewards"][:, i], next_i[:, 2])
     np.testing.assert_array_equal(stack["actions"], np.full((8, 4, 1), 0.5))
     with pytest.raises(ValueError, match="SAME_STEP"):
-        sac.vector_env_step(_counting_envs(gym.vector.AutoresetMode.NEXT_STEP), obs, action)
+        sac_train.vector_env_step(_counting_envs(gym.vector.AutoresetMode.NEXT_STEP), obs, action)
 
 
 def test_replay_insert_keeps_terminations_apart_from_truncations_and_wraps():
@@ -186,8 +186,8 @@ def test_replay_insert_keeps_terminations_apart_from_truncations_and_wraps():
     cursor, rows = 0, []
     for t in range(8):
         policy_action = np.linspace(-1, 1, 4)[:, None] * (t + 1) / 8
-        obs, transition = sac.vector_env_step(envs, obs, 2 * policy_action)
-        cursor = sac.replay_insert(buffer, cursor, transition, policy_action)
+        obs, transition = sac_train.vector_env_step(envs, obs, 2 * policy_action)
+        cursor = sac_train.replay_insert(buffer, cursor, transition, policy_action)
         rows += [(transition["observations"][i], policy_action[i], transition["rewards"][i],
                   transition["next_observations"][i], transition["terminations"][i])
                  for i in range(4)]
@@ -213,7 +213,8 @@ def test_fractional_updates_per_step():
     ``learning_starts``; a product that is not a whole number of updates per call is refused."""
     config = dataclasses.replace(TINY, updates_per_step=0.5).validate()
     assert sac.updates_per_call(config) == 25 and sac.updates_per_call(TINY) == 50
-    state, _ = sac.train("Pendulum-v1", config, 600, seed=3, eval_every=600, eval_episodes=1)
+    state, _ = sac_train.train("Pendulum-v1", config, 600, seed=3, eval_every=600,
+                               eval_episodes=1)
     assert int(state.step) == 200  # (600 - 200) env steps, half an update each
     with pytest.raises(ValueError, match="updates_per_step"):
         sac.default_config(num_envs=1, train_every=50, updates_per_step=0.33)
@@ -255,24 +256,25 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="hidden_dims"):
         sac.default_config(hidden_dims=())
     with pytest.raises(ValueError, match="bounded Box"):
-        sac.action_scaler(type("S", (), {"low": np.array([-np.inf]), "high": np.array([1.0])})())
+        sac_train.action_scaler(type("S", (), {"low": np.array([-np.inf]),
+                                               "high": np.array([1.0])})())
 
 
 def test_train_writes_snapshots_transitions_and_restores(tmp_path):
     """The tiny CI run: two vector envs on Pendulum-v1, snapshots, the transition record."""
-    state, evals = sac.train("Pendulum-v1", TINY, 600, seed=3, out_dir=tmp_path, eval_every=300,
-                             eval_episodes=2, record_transitions=True)
+    state, evals = sac_train.train("Pendulum-v1", TINY, 600, seed=3, out_dir=tmp_path,
+                                   eval_every=300, eval_episodes=2, record_transitions=True)
     assert [e["env_steps"] for e in evals] == [300, 600]
     assert int(state.step) == 400  # (600 - 200) env steps, one update each
     assert all(np.isfinite(e["return_mean"]) for e in evals)
     saved = json.loads((tmp_path / "evaluations.json").read_text())
     assert [e["env_steps"] for e in saved] == [300, 600]
-    restored, meta = sac.load_actor(tmp_path)
+    restored, meta = sac_train.load_actor(tmp_path)
     assert meta["eval"]["env_steps"] == 600
     for a, b in zip(jax.tree.leaves(restored.actor_params), jax.tree.leaves(state.actor_params),
                     strict=True):
         np.testing.assert_array_equal(a, b)
-    early, _ = sac.load_actor(tmp_path, step=300)
+    early, _ = sac_train.load_actor(tmp_path, step=300)
     assert not np.array_equal(jax.tree.leaves(early.actor_params)[0],
                               jax.tree.leaves(state.actor_params)[0])
     with h5py.File(tmp_path / "transitions.h5") as f:
@@ -287,15 +289,15 @@ def test_train_writes_snapshots_transitions_and_restores(tmp_path):
 
 
 def test_resume_continues_a_run(tmp_path):
-    sac.train("Pendulum-v1", TINY, 300, seed=3, out_dir=tmp_path, eval_every=300,
-              eval_episodes=1, record_transitions=True)
+    sac_train.train("Pendulum-v1", TINY, 300, seed=3, out_dir=tmp_path, eval_every=300,
+                    eval_episodes=1, record_transitions=True)
     with pytest.raises(ValueError, match="cannot resume"):
-        sac.train("Pendulum-v1", sac.default_config(**SMALL), 600, seed=3, out_dir=tmp_path,
-                  record_transitions=True, resume=True)
+        sac_train.train("Pendulum-v1", sac.default_config(**SMALL), 600, seed=3,
+                        out_dir=tmp_path, record_transitions=True, resume=True)
     ticks = []
-    state, evals = sac.train("Pendulum-v1", TINY, 600, seed=3, out_dir=tmp_path, eval_every=300,
-                             eval_episodes=1, record_transitions=True, resume=True,
-                             progress=ticks.append)
+    state, evals = sac_train.train("Pendulum-v1", TINY, 600, seed=3, out_dir=tmp_path,
+                                   eval_every=300, eval_episodes=1, record_transitions=True,
+                                   resume=True, progress=ticks.append)
     assert [e["env_steps"] for e in evals] == [300, 600]
     assert ticks[0] == 300 and sum(ticks) == 600  # the bar starts where the run stood
     assert evals[1]["seconds"] > evals[0]["seconds"]  # wall time counts across the resume
@@ -305,12 +307,12 @@ def test_resume_continues_a_run(tmp_path):
         assert f["rewards"].shape == (300, 2)
         trunc = f["truncations"][:]
     assert np.all(trunc[149])  # the episodes cut by the interruption end there
-    assert sac.load_actor(tmp_path)[1]["eval"]["env_steps"] == 600
+    assert sac_train.load_actor(tmp_path)[1]["eval"]["env_steps"] == 600
 
 
 def test_train_is_deterministic_given_the_seed():
-    a, ea = sac.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)
-    b, eb = sac.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)
+    a, ea = sac_train.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)
+    b, eb = sac_train.train("Pendulum-v1", TINY, 300, seed=5, eval_every=300, eval_episodes=1)
     assert ea[0]["return_mean"] == eb[0]["return_mean"]
     for x, y in zip(jax.tree.leaves(a.actor_params), jax.tree.leaves(b.actor_params), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -321,5 +323,6 @@ def test_sac_solves_pendulum():
     """Pendulum-v1 counts as solved around a return of -200 (-150 for the best agents); SAC with
     the default setting gets there within 10k env steps (measured: -127 at 10k, seed 0)."""
     config = sac.default_config(learning_starts=1000)
-    _, evals = sac.train("Pendulum-v1", config, 10_000, seed=0, eval_every=2000, eval_episodes=10)
+    _, evals = sac_train.train("Pendulum-v1", config, 10_000, seed=0, eval_every=2000,
+                               eval_episodes=10)
     assert max(e["return_mean"] for e in evals) >= -200.0, evals

@@ -3,9 +3,10 @@
 
 Recipe (Fu et al. 2020, "D4RL"), step by step:
 
-1. :func:`train_behaviour` trains SAC (:mod:`cdp_jax.agents.sac`) online, evaluating the
-   deterministic policy every ``eval_every`` env steps and keeping an actor snapshot each time, and
-   records every transition it collects (``transitions.h5``).
+1. :func:`train_behaviour` trains SAC (:mod:`cdp_jax.agents.sac`) online
+   (:mod:`cdp_jax.agents.sac_train`), evaluating the deterministic policy every ``eval_every`` env
+   steps and keeping an actor snapshot each time, and records every transition it collects
+   (``transitions.h5``).
 2. :func:`select_policies`: the **expert** is the best-evaluated snapshot; the **medium** one is
    where D4RL early-stops its run: the *first* snapshot whose evaluation return is within
    ``MEDIUM_TOLERANCE`` (10%) of ``medium_fraction`` (D4RL: about one third) of the expert's (if
@@ -75,12 +76,13 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
                     *, config=None, eval_every: int = 10_000, eval_episodes: int = 10,
                     progress: Callable[[int], None] | None = None,
                     log: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
-    """Train the SAC behaviour policies of ``env`` into ``policy_dir`` (see :func:`sac.train`);
-    ``resume`` continues an interrupted or shorter run there up to ``num_steps``.
+    """Train the SAC behaviour policies of ``env`` into ``policy_dir`` (see
+    :func:`sac_train.train`); ``resume`` continues an interrupted or shorter run there up to
+    ``num_steps``.
 
     Returns ``dict(policy_dir, evaluations, seconds, cpu_seconds)``.
     """
-    from cdp_jax.agents import sac
+    from cdp_jax.agents import sac, sac_train
 
     config = config or sac.default_config()
     policy_dir = Path(policy_dir)
@@ -88,10 +90,10 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
         raise FileExistsError(f"{policy_dir} already holds a training run; choose another "
                               "--policy-dir, delete it, or resume it (--resume).")
     start, start_cpu = time.perf_counter(), time.process_time()
-    _, evaluations = sac.train(env_id(env), config, num_steps, seed, out_dir=policy_dir,
-                               eval_every=eval_every, eval_episodes=eval_episodes,
-                               record_transitions=True, progress=progress, log=log,
-                               resume=resume)
+    _, evaluations = sac_train.train(env_id(env), config, num_steps, seed, out_dir=policy_dir,
+                                     eval_every=eval_every, eval_episodes=eval_episodes,
+                                     record_transitions=True, progress=progress, log=log,
+                                     resume=resume)
     return {"policy_dir": str(policy_dir), "evaluations": evaluations,
             "seconds": time.perf_counter() - start,
             "cpu_seconds": time.process_time() - start_cpu}
@@ -157,12 +159,12 @@ def rollouts(state, env: str, num_steps: int, seed: int, *, num_envs: int = 10,
     import jax
     import jax.numpy as jnp
 
-    from cdp_jax.agents import sac
+    from cdp_jax.agents import sac_train
 
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     envs = _make_vector_env(env_id(env), num_envs)
-    scale = sac.action_scaler(envs.single_action_space)
+    scale = sac_train.action_scaler(envs.single_action_space)
     rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
     seeds = [int(s) for s in rng.integers(2**31, size=num_envs)]
@@ -174,8 +176,8 @@ def rollouts(state, env: str, num_steps: int, seed: int, *, num_envs: int = 10,
             if state is None:
                 action = rng.uniform(-1.0, 1.0, (num_envs, envs.single_action_space.shape[0]))
             else:
-                action = np.asarray(sac._act_jit(state, jnp.asarray(obs, jnp.float32),
-                                                 jax.random.fold_in(key, t), deterministic))
+                action = np.asarray(sac_train._act_jit(state, jnp.asarray(obs, jnp.float32),
+                                                       jax.random.fold_in(key, t), deterministic))
             env_action = scale(action)
             obs, reward, terminated, truncated, info = envs.step(env_action)
             t += 1
@@ -269,7 +271,7 @@ def reference_scores(env: str, policy_dir: str | Path, expert_step: int, *,
                      num_random_episodes: int = 100, num_expert_episodes: int = 10) -> dict:
     """``ref_min_score`` (uniform random actions) and ``ref_max_score`` (deterministic expert),
     mean returns on the registered env, cached in ``<policy_dir>/reference_scores.json``."""
-    from cdp_jax.agents import sac
+    from cdp_jax.agents import sac_train
 
     cache = Path(policy_dir) / "reference_scores.json"
     key = {"expert_step": expert_step, "num_random_episodes": num_random_episodes,
@@ -279,8 +281,8 @@ def reference_scores(env: str, policy_dir: str | Path, expert_step: int, *,
         if all(saved.get(k) == v for k, v in key.items()):
             return saved
     random_returns = _episode_returns(None, env, num_random_episodes, REFERENCE_SEED)
-    state, _ = sac.load_actor(policy_dir, expert_step)
-    expert = sac.evaluate_policy(state, env_id(env), num_expert_episodes, REFERENCE_SEED + 1)
+    state, _ = sac_train.load_actor(policy_dir, expert_step)
+    expert = sac_train.evaluate_policy(state, env_id(env), num_expert_episodes, REFERENCE_SEED + 1)
     scores = {**key, "ref_min_score": float(np.mean(random_returns)),
               "ref_min_std": float(np.std(random_returns)),
               "ref_max_score": expert["return_mean"], "ref_max_std": expert["return_std"]}
@@ -344,7 +346,7 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
         dataset_return_mean, seconds, cpu_seconds)``: ``seconds`` is wall time,
         ``cpu_seconds`` this process's CPU time.
     """
-    from cdp_jax.agents import sac
+    from cdp_jax.agents import sac_train
 
     start, start_cpu = time.perf_counter(), time.process_time()
     dataset_id = dataset_id or default_dataset_id(env, kind)
@@ -365,7 +367,7 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
             progress(sum(len(ep["actions"]) for ep in episodes))
     for which, offset in (("medium", 0), ("expert", 1)):
         if kind in (which, "medium-expert"):
-            state, _ = sac.load_actor(policy_dir, selection[f"{which}_step"])
+            state, _ = sac_train.load_actor(policy_dir, selection[f"{which}_step"])
             episodes += rollouts(state, env, num_steps, seed + offset, num_envs=num_envs,
                                  progress=progress)
     buffers = [episode_buffer(i, ep["observations"], ep["actions"], ep["rewards"],
