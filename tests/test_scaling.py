@@ -28,6 +28,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
+def _xla_flags(flag: str) -> str:
+    """``flag`` added to the test session's XLA_FLAGS (conftest's codegen level)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
 def tiny_dql(**overrides):
     """Tiny EDP + contraction (all noise levels penalised, so the penalty is exercised)."""
     return dql.default_config(actor_hidden_dim=16, critic_hidden_dim=16, time_dim=8,
@@ -196,7 +201,7 @@ print("RESULT" + json.dumps(out))
 def test_data_and_seed_sharding_on_four_simulated_devices(name):
     """``--parallel data`` (batch split over 4 devices, state replicated, gradients all-reduced)
     and ``--parallel seeds`` (4 seeds, one per device) equal the unsharded programs."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": _xla_flags("--xla_force_host_platform_device_count=4"),
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, name], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
@@ -301,7 +306,7 @@ def test_distributed_initialize_single_process_same_code_path():
         "                out_shardings=rep)\n"
         "out, metrics = chunk(*parallel.put((state, transitions(0, 32), jax.random.PRNGKey(1)), rep))\n"
         "print('LOSS', parallel.to_host(metrics)['bc/loss'].shape, jax.process_count())\n")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": _xla_flags("--xla_force_host_platform_device_count=2"),
            "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"localhost:{_free_port()}",
            "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True,
