@@ -240,17 +240,17 @@ def test_random_policy_terminations_are_not_timeouts(minari_root):
 
 
 def test_make_dataset_cli(minari_root, capsys):
+    """In process (test_build_and_load_print_no_adroit_notice runs the script as a script)."""
     import importlib.util
-    import subprocess
-    import sys
 
     path = os.path.join(os.path.dirname(__file__), "..", "experiments", "make_dataset.py")
-    help_text = subprocess.run([sys.executable, path, "pointmaze", "--help"], check=True,
-                               capture_output=True, text=True).stdout
-    assert "--num-steps" in help_text and "--maze" in help_text
     spec = importlib.util.spec_from_file_location("make_dataset", path)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["pointmaze", "--help"])
+    help_text = capsys.readouterr().out
+    assert info.value.code == 0 and "--num-steps" in help_text and "--maze" in help_text
     cli.main(["pointmaze", "--num-steps", "1500", "--num-reference-episodes", "2",
               "--dataset-id", "cdp/test/cli-v0", "--json"])
     summary = json.loads(capsys.readouterr().out)
@@ -261,7 +261,8 @@ def test_make_dataset_cli(minari_root, capsys):
 
 def test_build_and_load_print_no_adroit_notice(tmp_path):
     """gymnasium-robotics prints a notice about its Adroit hand envs when first imported (once per
-    process, so a fresh interpreter); it landed inside the dataset build's progress bar."""
+    process, so a fresh interpreter: the script as a user runs it); it landed inside the dataset
+    build's progress bar."""
     import subprocess
     import sys
     from importlib.metadata import version
@@ -270,21 +271,22 @@ def test_build_and_load_print_no_adroit_notice(tmp_path):
     if dm.ADROIT_NOTICE not in notices.get("gymnasium_robotics", {}).get(
             version("gymnasium-robotics"), ""):
         pytest.skip("this gymnasium-robotics version prints no Adroit notice")
-    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), ".."),
-               MINARI_DATASETS_PATH=str(tmp_path))
-    script = (
-        "import sys\n"
-        "sys.path.insert(0, 'experiments')\n"
-        "import make_dataset\n"
-        "from cdp_jax.data import minari\n"
-        "make_dataset.main(['pointmaze', '--num-steps', '300', '--num-reference-episodes', '1',\n"
-        "                   '--dataset-id', 'cdp/test/quiet-v0'])\n"
-        "minari.load('cdp/test/quiet-v0').make_env().close()\n"
-    )
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         check=True, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = dict(os.environ, PYTHONPATH=root, MINARI_DATASETS_PATH=str(tmp_path))
+    run = subprocess.run([sys.executable, os.path.join(root, "experiments", "make_dataset.py"),
+                          "pointmaze", "--num-steps", "300", "--num-reference-episodes", "1",
+                          "--dataset-id", "cdp/test/quiet-v0"],
+                         env=env, capture_output=True, text=True, check=True)
     assert dm.ADROIT_NOTICE not in run.stderr + run.stdout
     assert "pointmaze dataset: 100%" in run.stderr  # the rest of stderr still comes through
+    # Loading an existing dataset and making its env (what train.py does when it need not build).
+    load = ("from cdp_jax.data import minari\n"
+            "data = minari.load('cdp/test/quiet-v0')\n"
+            "data.make_env().close()\n"
+            "print(len(data))\n")
+    run = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True, text=True,
+                         check=True)
+    assert dm.ADROIT_NOTICE not in run.stderr and run.stdout.split() == ["300"]
 
 
 @pytest.mark.slow
