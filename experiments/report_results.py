@@ -136,6 +136,30 @@ def status_lines(record: dict, unpaired: list[str] = ()) -> list[str]:
     return lines + [""] if lines else []
 
 
+def cost_table(records: list[dict], title: str) -> list[str]:
+    """Wall hours per cell (training, evaluation) and the total, for the cells that recorded them
+    (``collect_cell``'s ``cost``): the budget actually spent."""
+    rows, total = [], [0.0, 0.0]
+    for record in records:
+        for name, cell in record["cells"].items():
+            if not (cost := cell.get("cost")):
+                continue
+            train_h, eval_h = cost["train_s"] / 3600, cost["eval_s"] / 3600
+            total[0] += train_h
+            total[1] += eval_h
+            rows.append(f"| {name} | {len(cell['seeds'])} x {cell['steps']:,} | "
+                        f"{train_h:.2f} | {eval_h:.2f} | {train_h + eval_h:.2f} |")
+    if not rows:
+        return []
+    return [f"### {title}", "",
+            "Wall-clock hours, all seeds of a cell trained as one vmapped program; training from "
+            "`metrics.csv` (compilation included), evaluation from `eval.json`; checkpoint writes "
+            "and the steps an interrupted attempt lost are not counted.", "",
+            "| cell | seeds x steps | training h | evaluation h | total h |", "|---|---|---|---|---|",
+            *rows, f"| **all {len(rows)} cells** | | {total[0]:.2f} | {total[1]:.2f} | "
+            f"**{sum(total):.2f}** |", ""]
+
+
 def diagnostics_table(records: list[dict], title: str) -> list[str]:
     lines = [f"### {title}", "", "| cell | " + " | ".join(DIAG_KEYS) + " |",
              "|---|" + "---|" * len(DIAG_KEYS)]
@@ -427,6 +451,7 @@ def main(argv=None) -> int:
         listed |= set(abl["cells"])
     if present:
         lines += diagnostics_table(present, "Contraction diagnostics of the final EMA actors")
+        lines += cost_table(present, "Compute spent")
     (results / "tables.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

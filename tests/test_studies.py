@@ -84,6 +84,7 @@ def test_one_cell_end_to_end(minari_root, tmp_path, monkeypatch):
     assert set(cell["seeds"]) == {"0", "1"} and cell["cell"]["weight"] == 0.1
     assert cell["command"].startswith("python experiments/train.py --agent dql")
     assert cell["protocol"]["eval_every"] == 10
+    assert cell["cost"]["train_s"] > 0 and cell["cost"]["eval_s"] > 0
     for seed in cell["seeds"].values():
         assert [p["step"] for p in seed["curve"]] == [10, 20]
         assert seed["last"]["gradient_step"] == 20
@@ -101,6 +102,7 @@ def test_one_cell_end_to_end(minari_root, tmp_path, monkeypatch):
     tables = (out / "tables.md").read_text()
     assert "dql_umaze_f5_cdp" in tables  # the diagnostics row (no vanilla arm: no pair table)
     assert "one arm only so far: umaze 5% (only cdp)" in tables and cell["command"] in tables
+    assert "| dql_umaze_f5_cdp | 2 x 20 |" in tables and "**all 1 cells**" in tables
 
 
 @pytest.mark.slow
@@ -255,6 +257,8 @@ def test_report_of_the_paper_layout(tmp_path):
                                    "mu_drift_lowest": -5.0, "mu_drift_mean": -2.7,
                                    "action_spread": 0.1, "distance_to_data_action": 0.3}
     medium = _fake_cell("rl_medium_f100_edp", "medium 100%", "edp", [1.0, 2.0])
+    for cell, train_s in ((um_edp[1], 5400.0), (um_cdp[1], 9000.0)):
+        cell.update(steps=20_000, cost={"train_s": train_s, "eval_s": 1800.0})
     results = tmp_path / "results"
     results.mkdir()
     (results / "rl.json").write_text(json.dumps({
@@ -276,6 +280,8 @@ def test_report_of_the_paper_layout(tmp_path):
     assert "Not run yet: rl_medium_f100_cdp." in tables
     assert "one arm only so far: medium 100% (only edp)" in tables
     assert "python experiments/train.py --name rl_umaze_f100_cdp" in tables
+    assert "| rl_umaze_f100_cdp | 5 x 20,000 | 2.50 | 0.50 | 3.00 |" in tables
+    assert "| **all 2 cells** | | 4.00 | 1.00 | **5.00** |" in tables
     quirks = tables[tables.index("### Quirks"):]
     assert "| ema_copy |" in quirks and "verdict vs cdp" in quirks and "success" not in quirks
     assert "| ema_copy | 11.0 ± 2.5 (3) | 11.0 ± 2.5 (3) | not measured | **cdp** | -19.0" in quirks
