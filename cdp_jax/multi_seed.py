@@ -29,6 +29,7 @@ from cdp_jax.data.normalization import Normalizer
 from cdp_jax.run_config import TrainConfig, check_resume, config_dict, resolve_agent_config
 from cdp_jax.training import (
     _check_finite,
+    call_chunk,
     check_fresh_or_resume,
     check_state_finite,
     eval_protocol,
@@ -244,14 +245,8 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
             if k not in chunks:
                 chunks[k] = jax.jit(make_seeds_chunk(agent, k, config.batch_size, per_seed_data,
                                                      batch_sharding), **jit_kwargs)
-            try:
-                new_states, new_keys, metrics = chunks[k](states, arrays, num_rows, key_train)
-                metrics = parallel.to_host(metrics)
-            except jax.errors.JaxRuntimeError as err:
-                if (oom := parallel.out_of_memory(err, config.batch_size,
-                                                  config.updates_per_call)) is not None:
-                    raise oom from None
-                raise
+            new_states, new_keys, metrics = call_chunk(
+                chunks[k], (states, arrays, num_rows, key_train), config)
             for i, ckpt in enumerate(ckpts):
                 _check_finite({name: v[i] for name, v in metrics.items()}, step, ckpt)
             states, key_train, step = new_states, new_keys, step + k

@@ -283,14 +283,7 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
                 chunks[k] = jax.jit(make_train_chunk(agent, k, config.batch_size, batch_sharding),
                                     **jit_kwargs)
             key_train, key_chunk = jax.random.split(key_train)
-            try:
-                new_state, metrics = chunks[k](state, arrays, key_chunk)
-                metrics = parallel.to_host(metrics)
-            except jax.errors.JaxRuntimeError as err:
-                if (oom := parallel.out_of_memory(err, config.batch_size,
-                                                config.updates_per_call)) is not None:
-                    raise oom from None
-                raise
+            new_state, metrics = call_chunk(chunks[k], (state, arrays, key_chunk), config)
             _check_finite(metrics, step, ckpt)
             state, step = new_state, step + k
             logger.log_train(step, {name: np.mean(v) for name, v in metrics.items()})
@@ -316,6 +309,20 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
             logger.reset_timer()
     return {"run_dir": str(run_dir), "steps": step, "wall_time_s": time.perf_counter() - start_time,
             "eval": record.summary(), "checkpoints": str(ckpt.directory)}
+
+
+def call_chunk(chunk, args: tuple, config: TrainConfig) -> tuple:
+    """``chunk(*args)`` with its metrics (the last output) on the host; the allocator's
+    out-of-memory error becomes a :class:`cdp_jax.parallel.DeviceMemoryError` naming
+    ``batch_size`` and ``updates_per_call``."""
+    try:
+        *outputs, metrics = chunk(*args)
+        return (*outputs, parallel.to_host(metrics))
+    except jax.errors.JaxRuntimeError as err:
+        if (oom := parallel.out_of_memory(err, config.batch_size,
+                                          config.updates_per_call)) is not None:
+            raise oom from None
+        raise
 
 
 def resume_step(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> int | None:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdp_jax import checkpoint, parallel, run_config, training
+from cdp_jax import checkpoint, multi_seed, parallel, run_config, training
 from cdp_jax.agents import common, dbc, dql
 from cdp_jax.data import minari
 from cdp_jax.data.builders import pointmaze
@@ -195,6 +195,11 @@ def test_names_non_finite_values_and_memory_fail_before_compilation(tiny, monkey
     with pytest.raises(parallel.DeviceMemoryError, match=r"batch_size=32, updates_per_call=10 "
                                                          r"does not fit in device memory"):
         training.train(config, agent_config)
+    monkeypatch.setattr(multi_seed, "make_seeds_chunk", out_of_memory)  # the same for --seeds
+    with pytest.raises(parallel.DeviceMemoryError, match=r"batch_size=32, updates_per_call=10 "
+                                                         r"does not fit in device memory"):
+        multi_seed.train_seeds(dataclasses.replace(config, run_dir=config.run_dir + "_seeds"),
+                               agent_config, (0, 1))
 
 
 @pytest.mark.slow  # three compilations (vmapped init, single and vmapped chunk): ~30 s on CPU
