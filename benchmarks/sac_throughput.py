@@ -82,7 +82,7 @@ def old_train(env_id, config, num_steps, seed=0, *, eval_episodes=1, progress=No
                 policy_action = rng.uniform(-1.0, 1.0, (config.num_envs, action_dim))
             else:
                 key, k = jax.random.split(key)
-                policy_action = np.asarray(sac_train._act_jit(state, jnp.asarray(obs, jnp.float32),
+                policy_action = np.asarray(sac_train.act_jit(state, jnp.asarray(obs, jnp.float32),
                                                               k))
             env_action = scale(policy_action)
             next_obs, reward, terminated, truncated, info = envs.step(env_action)
@@ -108,7 +108,7 @@ def old_train(env_id, config, num_steps, seed=0, *, eval_episodes=1, progress=No
                 idx = rng.integers(size, size=(num_updates, config.batch_size))
                 batches = {k: v[idx] for k, v in buffer.items()}
                 key, k = jax.random.split(key)
-                state, metrics = sac_train._update_many_jit(state, batches, k)
+                state, metrics = sac_train.update_many_jit(state, batches, k)
                 last_metrics = {n: float(np.mean(v)) for n, v in metrics.items()}
                 if not all(np.isfinite(v) for v in last_metrics.values()):
                     raise FloatingPointError(f"non-finite SAC metrics at env step {steps}")
@@ -182,7 +182,7 @@ def main():
 
     def probe(times):
         start = time.perf_counter()
-        jax.block_until_ready(sac_train._update_many_jit(state, batches, jax.random.PRNGKey(1)))
+        jax.block_until_ready(sac_train.update_many_jit(state, batches, jax.random.PRNGKey(1)))
         times["update"].append((time.perf_counter() - start) / 50)
         start = time.perf_counter()
         jax.block_until_ready(matmul(a))

@@ -243,20 +243,17 @@ def _read_metrics(path: Path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
-def cell_cost(seed_dir: Path) -> dict:
-    """Wall seconds a cell's kept run took, from one seed's logs (the seeds train as one program,
-    so every seed logs the same times): training from ``metrics.csv`` (each logged chunk's steps
-    over its rate; the first chunk of an attempt includes compilation) and evaluation from
-    ``eval.json``'s timings. Steps an interrupted attempt lost after its last checkpoint are not
-    counted (they were purged from the logs), nor are checkpoint writes."""
-    metrics = _read_metrics(seed_dir / "metrics.csv")
+def cell_cost(metrics: list[dict], history: list[dict]) -> dict:
+    """Wall seconds a cell's kept run took, from one seed's ``metrics.csv`` rows and ``eval.json``
+    evaluations (the seeds train as one program, so every seed logs the same times): training as
+    each logged chunk's steps over its rate (the first chunk of an attempt includes compilation),
+    evaluation from the recorded timings. Steps an interrupted attempt lost after its last
+    checkpoint are not counted (they were purged from the logs), nor are checkpoint writes."""
     train_s, prev = 0.0, 0.0
     for row in metrics:
-        rate = row.get("time/steps_per_s")
-        if rate:
+        if rate := row.get("time/steps_per_s"):
             train_s += (row["step"] - prev) / rate
         prev = row["step"]
-    history = json.loads((seed_dir / "eval.json").read_text())["evaluations"]
     eval_s = sum(h.get("timing", {}).get("wall_s", 0.0) for h in history)
     return {"train_s": train_s, "eval_s": eval_s}
 
@@ -274,6 +271,8 @@ def collect_cell(cell: Cell, args) -> dict | None:
         ev = summary["eval"][str(seed)]
         history = json.loads((seed_dir / "eval.json").read_text())["evaluations"]
         metrics = _read_metrics(seed_dir / "metrics.csv")
+        if not seeds:  # the first seed's logs time the whole cell
+            cost = cell_cost(metrics, history)
         last_log = metrics[-1] if metrics else {}
         solver = {}
         for steps in EVAL_SOLVER_STEPS:
@@ -299,7 +298,7 @@ def collect_cell(cell: Cell, args) -> dict | None:
     train = json.loads((run_dir / f"seed_{summary['seeds'][0]}" / "config.json").read_text())
     return {"cell": dataclasses.asdict(cell), "wall_time_s": summary["wall_time_s"],
             "steps": summary["steps"], "command": cell.display_command(args),
-            "cost": cell_cost(run_dir / f"seed_{summary['seeds'][0]}"),
+            "cost": cost,
             "protocol": {"eval_every": train["train"]["eval_every"], **{k: protocol[k] for k in (
                 "episodes", "candidates", "sampler", "sampler_steps", "dataset")}},
             "seeds": seeds}

@@ -59,7 +59,7 @@ def test_update_scan_matches_a_python_loop_of_plain_updates(plain_update):
     num = TINY.num_envs * TINY.train_every
     batches = jax.vmap(lambda k: _batch(k, TINY.batch_size, 3, 1))(
         jax.random.split(jax.random.PRNGKey(1), num))
-    scanned, scan_metrics = sac_train._update_many_jit(state, batches, jax.random.PRNGKey(2))
+    scanned, scan_metrics = sac_train.update_many_jit(state, batches, jax.random.PRNGKey(2))
     keys = jax.random.split(jax.random.PRNGKey(2), num)
     looped = state
     for i in range(3):  # one update per call
@@ -85,7 +85,7 @@ def test_update_many_equals_k_jitted_single_updates():
     num = sac.updates_per_call(TINY)
     batches = jax.vmap(lambda k: _batch(k, TINY.batch_size, 3, 1))(
         jax.random.split(jax.random.PRNGKey(1), num))
-    scanned, _ = sac_train._update_many_jit(state, batches, jax.random.PRNGKey(2))
+    scanned, _ = sac_train.update_many_jit(state, batches, jax.random.PRNGKey(2))
     single = jax.jit(sac.update)
     looped = state
     for i, k in enumerate(jax.random.split(jax.random.PRNGKey(2), num)):
@@ -101,7 +101,7 @@ def test_explore_is_act_with_the_key_split_inside():
     state = sac.init(jax.random.PRNGKey(0), TINY, 3, 1)
     obs = jax.random.normal(jax.random.PRNGKey(1), (5, 3))
     key = jax.random.PRNGKey(2)
-    a1, key1 = sac_train._explore_jit(state.actor_params, obs, key, config=TINY, action_dim=1)
+    a1, key1 = sac_train.explore_jit(state.actor_params, obs, key, config=TINY, action_dim=1)
     next_key, k = jax.random.split(key)
     np.testing.assert_array_equal(key1, next_key)
     np.testing.assert_allclose(a1, sac.act(state, obs, k), rtol=1e-6, atol=1e-7)

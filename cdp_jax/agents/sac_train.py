@@ -37,11 +37,12 @@ from cdp_jax.agents.sac import (
     updates_per_call,
 )
 
-# Module-level jits: the config is static (in the state, or a static argument), so every train /
-# evaluation call with the same config and shapes reuses one compilation.
-_update_many_jit = jax.jit(update_many)
-_act_jit = jax.jit(act, static_argnames="deterministic")
-_explore_jit = jax.jit(explore, static_argnames=("config", "action_dim"))
+# Module-level jits, shared by the loop here, the dataset builders and the benchmark: the config is
+# static (in the state, or a static argument), so every train / evaluation call with the same
+# config and shapes reuses one compilation.
+update_many_jit = jax.jit(update_many)
+act_jit = jax.jit(act, static_argnames="deterministic")
+explore_jit = jax.jit(explore, static_argnames=("config", "action_dim"))
 
 
 def _make_envs(env_id: str, num_envs: int, env_kwargs: dict | None):
@@ -110,7 +111,7 @@ def evaluate_policy(state: SACState, env_id: str, num_episodes: int, seed: int, 
     envs = evaluation.make_vector_env(lambda: gym.make(env_id, **(env_kwargs or {})),
                                       num_envs or min(num_episodes, 10))
     scale = action_scaler(envs.single_action_space)
-    policy = lambda obs, k: scale(_act_jit(state, jnp.asarray(obs, jnp.float32), k, deterministic))
+    policy = lambda obs, k: scale(act_jit(state, jnp.asarray(obs, jnp.float32), k, deterministic))
     try:
         return evaluation.evaluate(policy, envs, jax.random.PRNGKey(seed),
                                    num_episodes=num_episodes, seed=seed)
@@ -248,7 +249,7 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
             if steps < config.learning_starts:
                 policy_action = rng.uniform(-1.0, 1.0, (config.num_envs, action_dim))
             else:
-                policy_action, key = _explore_jit(state.actor_params, obs.astype(np.float32),
+                policy_action, key = explore_jit(state.actor_params, obs.astype(np.float32),
                                                   key, config=config, action_dim=action_dim)
                 policy_action = np.asarray(policy_action)
             obs, transition = vector_env_step(envs, obs, scale(policy_action))
@@ -264,7 +265,7 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
                 idx = rng.integers(size, size=(num_updates, config.batch_size))
                 batches = {k: v[idx] for k, v in buffer.items()}
                 key, k = jax.random.split(key)
-                state, metrics = _update_many_jit(state, batches, k)
+                state, metrics = update_many_jit(state, batches, k)
                 last_metrics = {n: float(np.mean(v)) for n, v in jax.device_get(metrics).items()}
                 if not all(np.isfinite(v) for v in last_metrics.values()):
                     raise FloatingPointError(f"non-finite SAC metrics at env step {steps}: "

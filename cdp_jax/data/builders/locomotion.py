@@ -176,7 +176,7 @@ def rollouts(state, env: str, num_steps: int, seed: int, *, num_envs: int = 10,
             if state is None:
                 action = rng.uniform(-1.0, 1.0, (num_envs, envs.single_action_space.shape[0]))
             else:
-                action = np.asarray(sac_train._act_jit(state, jnp.asarray(obs, jnp.float32),
+                action = np.asarray(sac_train.act_jit(state, jnp.asarray(obs, jnp.float32),
                                                        jax.random.fold_in(key, t), deterministic))
             env_action = scale(action)
             obs, reward, terminated, truncated, info = envs.step(env_action)
