@@ -59,7 +59,7 @@ def old_train(env_id, config, num_steps, seed=0, *, eval_episodes=1, progress=No
     """The previous ``sac_train.train`` hot loop, verbatim but for the output / resume branches (off
     in every row here): the baseline the ``old`` row times."""
     config.validate()
-    envs = sac_train._make_envs(env_id, config.num_envs, None)
+    envs = sac_train.make_envs(env_id, config.num_envs, None)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim = int(np.prod(envs.single_action_space.shape))
     scale = sac_train.action_scaler(envs.single_action_space)

@@ -45,7 +45,9 @@ act_jit = jax.jit(act, static_argnames="deterministic")
 explore_jit = jax.jit(explore, static_argnames=("config", "action_dim"))
 
 
-def _make_envs(env_id: str, num_envs: int, env_kwargs: dict | None):
+def make_envs(env_id: str, num_envs: int, env_kwargs: dict | None):
+    """``num_envs`` copies of ``gym.make(env_id, **env_kwargs)`` in a ``SyncVectorEnv`` with the
+    ``SAME_STEP`` autoreset mode that :func:`vector_env_step` needs."""
     import gymnasium as gym
 
     return gym.vector.SyncVectorEnv(
@@ -62,7 +64,7 @@ def action_scaler(space) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def vector_env_step(envs, obs: np.ndarray, env_action: np.ndarray) -> tuple[np.ndarray, dict]:
-    """One step of a vector env in gymnasium's ``SAME_STEP`` autoreset mode (:func:`_make_envs`).
+    """One step of a vector env in gymnasium's ``SAME_STEP`` autoreset mode (:func:`make_envs`).
 
     Returns ``(obs to act on next, transition)``; ``transition`` holds ``observations``, ``actions``
     (the env's), ``rewards``, ``next_observations``, ``terminations``, ``truncations``, each
@@ -198,7 +200,7 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
     for name, value in (("num_steps", num_steps), ("eval_every", eval_every),
                         ("eval_episodes", eval_episodes)):
         check_positive(name, value)
-    envs = _make_envs(env_id, config.num_envs, env_kwargs)
+    envs = make_envs(env_id, config.num_envs, env_kwargs)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim = int(np.prod(envs.single_action_space.shape))
     scale = action_scaler(envs.single_action_space)
