@@ -90,6 +90,11 @@ class Cell:
     def run_dir(self, args) -> Path:
         return Path(args.runs_root) / self.study / self.name
 
+    def log_path(self, args) -> Path:
+        """The cell's training log, beside its run directory (``with_suffix`` would cut a name
+        such as ``..._weight0.01`` at its dot)."""
+        return Path(args.runs_root) / self.study / f"{self.name}.log"
+
     def display_command(self, args) -> str:
         """:meth:`command` as a reader would type it from the repository root."""
         def short(word: str) -> str:
@@ -167,14 +172,14 @@ def run_cell(cell: Cell, args) -> float | None:
         command.append("--resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(run_dir.with_suffix(".log"), "a" if resume else "w") as log:
+    with open(cell.log_path(args), "a" if resume else "w") as log:
         if resume:
             log.write(f"\n--- resumed: {' '.join(command)}\n")
             log.flush()
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); see "
-                           f"{run_dir.with_suffix('.log')}")
+                           f"{cell.log_path(args)}")
     return time.perf_counter() - start
 
 

@@ -305,3 +305,15 @@ def test_a_failed_cell_does_not_stop_the_others(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"2 of 4 rl cells failed: cell rl_umaze_f100_edp"):
         pointmaze_study.run_cells("rl", cells, args)
     assert calls == [c.name for c in cells]
+
+
+def test_a_dotted_cell_name_keeps_its_whole_log_name(tmp_path, monkeypatch):
+    """The sweep's ``rl_hopper-mr_f10_weight0.01`` logs to ``...weight0.01.log``, not
+    ``...weight0.log``."""
+    monkeypatch.setattr(pointmaze_study.subprocess, "run", lambda command, stdout, **kwargs:
+                        pointmaze_study.subprocess.CompletedProcess(command, 0))
+    args = paper_study.parse_args(["--runs-root", str(tmp_path)])
+    cell = paper_study.cells_for("sweep", ())[0]
+    assert cell.name == "rl_hopper-mr_f10_weight0.01"
+    pointmaze_study.run_cell(cell, args)
+    assert [p.name for p in (tmp_path / "sweep").glob("*.log")] == [f"{cell.name}.log"]
