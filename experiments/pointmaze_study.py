@@ -93,7 +93,7 @@ class Cell:
     def log_path(self, args) -> Path:
         """The cell's training log, beside its run directory (``with_suffix`` would cut a name
         such as ``..._weight0.01`` at its dot)."""
-        return Path(args.runs_root) / self.study / f"{self.name}.log"
+        return self.run_dir(args).with_name(f"{self.name}.log")
 
     def display_command(self, args) -> str:
         """:meth:`command` as a reader would type it from the repository root."""
@@ -172,14 +172,14 @@ def run_cell(cell: Cell, args) -> float | None:
         command.append("--resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(cell.log_path(args), "a" if resume else "w") as log:
+    log_path = cell.log_path(args)
+    with open(log_path, "a" if resume else "w") as log:
         if resume:
             log.write(f"\n--- resumed: {' '.join(command)}\n")
             log.flush()
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); see "
-                           f"{cell.log_path(args)}")
+        raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); see {log_path}")
     return time.perf_counter() - start
 
 
