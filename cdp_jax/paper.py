@@ -73,6 +73,7 @@ PAPER_IL = {
 PAPER_IL_TRAIN = {
     "steps": 200_000, "batch_size": 512, "updates_per_call": 1000, "eval_every": 20_000,
     "checkpoint_every": 20_000, "eval_episodes": 10, "eval_envs": 5, "fraction_unit": "transitions",
+    "obs_normalizer": "minmax",
 }
 
 

@@ -38,7 +38,7 @@ from cdp_jax.agents.common import (
     config_to_dict,
 )
 from cdp_jax.data import protocol
-from cdp_jax.data.normalization import Normalizer
+from cdp_jax.data.normalization import NORMALIZER_KINDS, Normalizer
 
 # TrainConfig fields a resumed run may change (e.g. train longer, evaluate or checkpoint at another
 # cadence); every other field, and the whole agent config, must equal the saved run's. The identity
@@ -75,6 +75,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     normalize_obs: bool = True
+    obs_normalizer: str = "gaussian"  # data.normalization.NORMALIZER_KINDS; "minmax": official IL
     reward_normalization: str = "none"  # data.protocol.REWARD_NORMALIZATIONS, before scale/bias
     reward_scale: float = 1.0
     reward_bias: float = 0.0
@@ -113,6 +114,9 @@ class TrainConfig:
         if self.fraction_unit not in protocol.FRACTION_UNITS:
             raise ValueError(f"Invalid fraction_unit={self.fraction_unit!r}; expected one of "
                              f"{protocol.FRACTION_UNITS}.")
+        if self.obs_normalizer not in NORMALIZER_KINDS:
+            raise ValueError(f"Invalid obs_normalizer={self.obs_normalizer!r}; expected one of "
+                             f"{NORMALIZER_KINDS}.")
         if self.reward_normalization not in protocol.REWARD_NORMALIZATIONS:
             raise ValueError(f"Invalid reward_normalization={self.reward_normalization!r}; "
                              f"expected one of {protocol.REWARD_NORMALIZATIONS}.")

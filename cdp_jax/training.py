@@ -112,7 +112,8 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     """Training arrays (numpy, normalised observations) and the observation normaliser.
 
     ``norm`` (e.g. restored from a checkpoint) is used as given; otherwise it is fitted to the
-    observations (or the identity with ``config.normalize_obs=False``).
+    observations (``config.obs_normalizer``: mean / std, or min-max onto ``[-1, 1]``), or is the
+    identity with ``config.normalize_obs=False``.
 
     ``"transitions"`` agents get ``observations, actions, rewards, next_observations, terminals``
     (rewards normalised by ``config.reward_normalization``, then ``* reward_scale + reward_bias``);
@@ -123,7 +124,7 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     """
     dataset_lib.check_values(data, action_bound=1.0)  # finite arrays, |a| <= 1, even with a NaN
     if norm is None:
-        norm = (Normalizer.fit(data.observations) if config.normalize_obs
+        norm = (Normalizer.fit(data.observations, config.obs_normalizer) if config.normalize_obs
                 else Normalizer.identity(data.obs_dim))
     normalize = lambda x: np.asarray(norm.normalize(x), np.float32)
     if DATA[agent_name] == "windows":

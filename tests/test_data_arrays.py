@@ -140,6 +140,24 @@ def test_normalizer_round_trip_json_and_jit(kind):
     assert f(restored, jnp.zeros((2, 5, 3))).shape == (2, 5, 3)
 
 
+def test_minmax_normalizer_follows_the_official_rule():
+    """CleanDiffuser's MinMaxNormalizer (the official IL observation and action scaling), written out
+    in float64: ``2 (x - min) / range - 1``, with a range of exactly 0 replaced by 1 (so a constant
+    feature maps to -1 and a later deviation d to -1 + 2 d, not to d / eps)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.0, [2.0, 0.01, 1.0], size=(300, 3)).astype(np.float32)
+    x[:, 2] = 0.25
+    lo, hi = x.astype(np.float64).min(0), x.astype(np.float64).max(0)
+    width = np.where(hi - lo == 0, 1.0, hi - lo)
+    official = lambda v: 2.0 * (np.asarray(v, np.float64) - lo) / width - 1.0
+    norm = Normalizer.fit(x, "minmax")
+    np.testing.assert_allclose(norm.normalize(x), official(x), atol=2e-6)
+    assert np.all(norm.normalize(x)[:, 2] == -1.0)
+    away = x[:5] + np.float32(0.125)  # unseen values, the constant feature included
+    np.testing.assert_allclose(norm.normalize(away), official(away), atol=2e-6)
+    np.testing.assert_allclose(norm.unnormalize(official(away)), away, atol=2e-6)
+
+
 def test_normalizer_validation():
     with pytest.raises(ValueError, match="kind must be one of"):
         Normalizer.fit(np.zeros((3, 2)), "robust")

@@ -399,3 +399,27 @@ def test_training_data_preparation_checks_values(minari_root, agent):
     observations[11, 2] = np.nan
     with pytest.raises(dm.DatasetValueError, match="observations hold NaN / inf .* episode 2, step 1"):
         prepare(dataclasses.replace(data, observations=observations))
+
+
+def test_training_observations_follow_the_chosen_normalizer(minari_root):
+    """``obs_normalizer="minmax"`` (the paper-il preset) puts every observation feature of the
+    training windows in [-1, 1] with both ends reached; the default standardises them."""
+    import dataclasses
+
+    from cdp_jax import run_config, training
+    from cdp_jax.agents import CONFIGS
+
+    if not (minari_root / "cdp/test/pendulum-clean-v0").exists():
+        _write_pendulum("cdp/test/pendulum-clean-v0")
+    data = dm.load("cdp/test/pendulum-clean-v0")
+    data = dataclasses.replace(data, actions=data.actions / 2.0)
+    for kind in ("minmax", "gaussian"):
+        config = run_config.TrainConfig(agent="dbc", obs_normalizer=kind).validate()
+        arrays, norm = training.prepare_arrays(data, "dbc", CONFIGS["dbc"](), config)
+        obs = arrays["observations"].reshape(-1, data.obs_dim)
+        assert norm.kind == kind
+        if kind == "minmax":
+            np.testing.assert_allclose(obs.min(0), -1.0, atol=1e-6)
+            np.testing.assert_allclose(obs.max(0), 1.0, atol=1e-6)
+        else:
+            assert obs.min() < -1.0 and obs.max() > 1.0

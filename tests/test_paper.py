@@ -79,6 +79,11 @@ def test_paper_il_preset_and_agent_checks():
     config, agent = run_config.preset("paper-il")
     assert config.agent == "dbc" and agent.actor_network == "pearce"
     assert agent.contraction.window == 1.0 and not agent.sampler_clip_x0
+    # Official IL scales observations by min-max (robomimic datasets); offline RL standardises.
+    assert config.obs_normalizer == "minmax"
+    assert run_config.preset("paper", dataset="cdp/hopper/medium-v0")[0].obs_normalizer == "gaussian"
+    with pytest.raises(ValueError, match="Invalid obs_normalizer='robust'"):
+        run_config.preset("paper-il", obs_normalizer="robust")
     with pytest.raises(ValueError, match="is for agent"):
         run_config.preset("paper", "dbc")
 

@@ -4,9 +4,11 @@ A :class:`Normalizer` maps ``x -> (x - shift) / scale`` feature-wise and back. T
 
 * ``"gaussian"``: ``shift = mean``, ``scale = std`` (floored at ``eps``): zero mean, unit variance;
   the usual choice for observations.
-* ``"minmax"``: ``shift = (max + min) / 2``, ``scale = (max - min) / 2`` (floored at ``eps``): the
-  data range maps onto ``[-1, 1]``; the usual choice for actions of a diffusion policy, whose
-  samplers clip ``x0`` to ``[-1, 1]``.
+* ``"minmax"``: ``shift = (max + min) / 2``, ``scale = (max - min) / 2``: the data range maps onto
+  ``[-1, 1]``; the usual choice for actions of a diffusion policy, whose samplers clip ``x0`` to
+  ``[-1, 1]``, and the official imitation pipeline's choice for observations too. A feature whose
+  range is exactly zero is given the range 1, so its value maps to ``-1`` and a later deviation
+  ``d`` to ``-1 + 2 d`` (CleanDiffuser's ``MinMaxNormalizer`` rule), not to ``d / eps``.
 
 The normaliser is a pytree (``shift`` and ``scale`` are leaves, ``kind`` is static), so it can be
 passed into jitted code; ``normalize`` / ``unnormalize`` are pure and accept numpy or jax arrays of
@@ -50,11 +52,12 @@ class Normalizer:
         x = x.reshape(-1, x.shape[-1])
         if kind == "gaussian":
             shift, scale = x.mean(axis=0), x.std(axis=0)
+            # A constant feature would divide by zero; a floored scale maps it to 0 instead.
+            scale = np.maximum(scale, eps)
         else:
             lo, hi = x.min(axis=0), x.max(axis=0)
-            shift, scale = (hi + lo) / 2.0, (hi - lo) / 2.0
-        # A constant feature would divide by zero; a floored scale maps it to 0 instead.
-        scale = np.maximum(scale, eps)
+            width = np.where(hi > lo, hi - lo, 1.0)  # a constant feature: range 1, value -1
+            shift, scale = lo + width / 2.0, np.maximum(width / 2.0, eps)
         return cls(shift=shift.astype(np.float32), scale=scale.astype(np.float32), kind=kind)
 
     @classmethod
