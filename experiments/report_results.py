@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -388,7 +389,9 @@ def ablation_bars(abl: dict, path: Path) -> None:
            color=[ARM_COLORS.get(n, "tab:orange") for n in names])
     ax.set_xticks(range(len(cells)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("normalised score (running avg)")
-    ax.set_title(abl.get("title", ABLATION_TITLE), fontsize=10)
+    # A long title is wrapped to the figure's width (about 11 characters per inch at size 10).
+    width = fig.get_size_inches()[0]
+    ax.set_title(textwrap.fill(abl.get("title", ABLATION_TITLE), int(11 * width)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
