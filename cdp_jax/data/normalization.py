@@ -8,7 +8,8 @@ A :class:`Normalizer` maps ``x -> (x - shift) / scale`` feature-wise and back. T
   ``[-1, 1]``; the usual choice for actions of a diffusion policy, whose samplers clip ``x0`` to
   ``[-1, 1]``, and the official imitation pipeline's choice for observations too. A feature whose
   range is exactly zero is given the range 1, so its value maps to ``-1`` and a later deviation
-  ``d`` to ``-1 + 2 d`` (CleanDiffuser's ``MinMaxNormalizer`` rule), not to ``d / eps``.
+  ``d`` to ``-1 + 2 d`` (CleanDiffuser's ``MinMaxNormalizer`` rule), not to ``d / eps``; a
+  nonzero range below ``2 eps`` is floored there (CleanDiffuser divides by it as it is).
 
 The normaliser is a pytree (``shift`` and ``scale`` are leaves, ``kind`` is static), so it can be
 passed into jitted code; ``normalize`` / ``unnormalize`` are pure and accept numpy or jax arrays of
