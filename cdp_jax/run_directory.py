@@ -9,20 +9,32 @@ other.)
 
 :func:`config_changes` lists the fields in which two (possibly nested) config dataclasses differ,
 as ``"field: saved X, requested Y"`` strings, so that a refused resume names every conflict.
+
+:func:`record_environment` appends, at every start and resume of a run, the software it ran under
+(package versions, cdp_jax's git commit, the JAX backend and devices) to
+``<run dir>/environment.json``: a run that spans several sessions keeps one entry per attempt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import fcntl
+import importlib.metadata
 import json
 import os
+import platform
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 LOCK_FILE = ".lock"
+ENVIRONMENT_FILE = "environment.json"
+# The distributions whose versions can change a run's numbers or its data.
+PACKAGES = ("cdp_jax", "jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "numpy",
+            "gymnasium", "gymnasium-robotics", "mujoco", "minari", "h5py")
 
 
 class RunLockedError(RuntimeError):
@@ -84,3 +96,56 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state() -> dict | None:
+    """cdp_jax's commit and whether its package files differ from it, or ``None`` outside a git
+    checkout (an installed wheel) or without git."""
+    package = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True,
+                              text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "package_modified": bool(dirty)}
+
+
+def environment(devices: list[str] | None = None, backend: str | None = None) -> dict:
+    """What this process runs under: time, host, Python, package versions, cdp_jax's git state,
+    and (if given) the JAX backend and devices."""
+    return {
+        "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(), "python": platform.python_version(),
+        "platform": platform.platform(), "packages": {p: _version(p) for p in PACKAGES},
+        "git": _git_state(), "backend": backend, "devices": devices,
+    }
+
+
+def record_environment(run_dir: str | os.PathLike, step: int, **info) -> dict:
+    """Append :func:`environment` (with ``from_step``: the step this attempt starts at, 0 for a
+    fresh run) to ``run_dir/environment.json`` and return the entry. ``info`` goes to
+    :func:`environment` (``devices``, ``backend``)."""
+    path = Path(run_dir) / ENVIRONMENT_FILE
+    entries = []
+    if path.is_file():
+        try:
+            entries = list(json.loads(path.read_text())["attempts"])
+        except (ValueError, KeyError, TypeError):  # kept aside, not fatal to the run
+            os.replace(path, path.with_name(path.name + ".damaged"))
+    entry = {"from_step": int(step), **environment(**info)}
+    write_json(path, {"attempts": [*entries, entry]})
+    return entry

@@ -214,7 +214,7 @@ def main(argv=None) -> int:
           f"{ev['last']['episodes']} episodes): {ev['last'][metric]:.1f}; "
           f"success rate {ev['last']['success_rate']:.2f}")
     print(f"run directory: {summary['run_dir']} (config.json, metrics.csv, tensorboard events, "
-          f"eval.json); checkpoints: {summary['checkpoints']}")
+          f"eval.json, environment.json); checkpoints: {summary['checkpoints']}")
     print(f"wall time: {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -303,6 +303,20 @@ def test_resume_may_change_the_documented_fields_only(tiny, fast_loop, capsys):
         training.train(dataclasses.replace(longer, steps=40), agent_config)
 
 
+def test_environment_record_appends_and_sets_a_damaged_one_aside(tmp_path):
+    first = run_directory.record_environment(tmp_path, 0, backend="cpu", devices=["cpu:0"])
+    assert first["packages"]["jax"] == jax.__version__ and first["devices"] == ["cpu:0"]
+    git = first["git"]  # this checkout is a git repository: its commit, 40 hex digits
+    assert git is None or (len(git["commit"]) == 40 and isinstance(git["package_modified"], bool))
+    run_directory.record_environment(tmp_path, 20)
+    path = tmp_path / run_directory.ENVIRONMENT_FILE
+    assert [a["from_step"] for a in json.loads(path.read_text())["attempts"]] == [0, 20]
+    path.write_text("{not json")
+    run_directory.record_environment(tmp_path, 40)
+    assert (tmp_path / "environment.json.damaged").read_text() == "{not json"
+    assert [a["from_step"] for a in json.loads(path.read_text())["attempts"]] == [40]
+
+
 def test_check_state_finite_names_leaves():
     state = {"a": np.ones(3, np.float32), "b": {"c": np.array([1.0, np.inf], np.float32)},
              "n": np.arange(3)}
@@ -355,3 +369,6 @@ def test_seeds_resume_with_the_same_rules(tiny, monkeypatch):
         assert checkpoint.list_steps(run / "checkpoints") == [20, 40]
         assert (run / "checkpoints" / "discarded" / "step_000000040").is_dir()
         assert _csv_steps(run) == [10, 20, 30, 40]
+        # One software record per attempt that trained (the refused ones wrote none).
+        attempts = json.loads((run / "environment.json").read_text())["attempts"]
+        assert [a["from_step"] for a in attempts] == [0, 20]

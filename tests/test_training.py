@@ -97,6 +97,13 @@ def test_exact_resume_and_outputs(tiny, tmp_path, monkeypatch):
     assert [s for s, _ in events_b["eval/normalized_score"]] == [20, 40]
     for tag in ("actor/loss", "critic/loss", "eval/normalized_score", "eval/success_rate"):
         assert events_a[tag] == events_b[tag]
+    # The software of every attempt: the straight run one, the interrupted one two (0 and 20).
+    (straight_env,) = json.loads((run / "environment.json").read_text())["attempts"]
+    assert straight_env["from_step"] == 0 and straight_env["backend"] == jax.default_backend()
+    assert straight_env["packages"]["jax"] == jax.__version__
+    assert straight_env["packages"]["numpy"] == np.__version__
+    attempts = json.loads((tmp_path / "resumed" / "environment.json").read_text())["attempts"]
+    assert [a["from_step"] for a in attempts] == [0, 20]
 
 
 def _tensorboard(run):
