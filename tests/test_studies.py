@@ -52,6 +52,16 @@ def test_grids_match_the_issue():
         pointmaze_study.cells_for("bogus", ())
 
 
+def _fake_subprocess_run(monkeypatch, fake) -> None:
+    """The study runner's ``subprocess.run`` becomes ``fake``; only the runner's: patching the
+    ``subprocess`` module itself would also catch the library's own calls (its git query)."""
+    import subprocess
+    import types
+
+    monkeypatch.setattr(pointmaze_study, "subprocess", types.SimpleNamespace(
+        run=fake, STDOUT=subprocess.STDOUT, CompletedProcess=subprocess.CompletedProcess))
+
+
 def _train_in_this_process(command, stdout, **kwargs):
     """``subprocess.run`` of ``python experiments/train.py ...`` as ``cli.run(train.main)`` here:
     the same code path without a second interpreter's start-up (the default run's CPU budget)."""
@@ -74,7 +84,7 @@ def test_one_cell_end_to_end(minari_root, tmp_path, monkeypatch):
     """CI version: the 5% CDP cell of the offline-RL study, 2 seeds, 20 steps (train.py called in
     this process; the slow smoke runs start it as a subprocess)."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root))
-    monkeypatch.setattr(pointmaze_study.subprocess, "run", _train_in_this_process)
+    _fake_subprocess_run(monkeypatch, _train_in_this_process)
     runs, out, figs = tmp_path / "runs", tmp_path / "results", tmp_path / "figs"
     argv = ["--study", "offline_rl", "--mazes", "umaze", "--cells", "dql_umaze_f5_cdp",
             "--quick", "--runs-root", str(runs), "--out", str(out)]
@@ -180,7 +190,7 @@ def test_study_cell_resumes_in_the_middle(tmp_path, monkeypatch):
         stdout.write("trained\n")
         return pointmaze_study.subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(pointmaze_study.subprocess, "run", fake_run)
+    _fake_subprocess_run(monkeypatch, fake_run)
     args = paper_study.parse_args(["--runs-root", str(tmp_path)])
     cell = paper_study.cells_for("rl", ("umaze",))[0]
     run_dir = cell.run_dir(args)
@@ -299,7 +309,7 @@ def test_a_failed_cell_does_not_stop_the_others(tmp_path, monkeypatch):
         calls.append(name)
         return pointmaze_study.subprocess.CompletedProcess(command, 1 if name.endswith("edp") else 0)
 
-    monkeypatch.setattr(pointmaze_study.subprocess, "run", fake_run)
+    _fake_subprocess_run(monkeypatch, fake_run)
     args = paper_study.parse_args(["--runs-root", str(tmp_path)])
     cells = paper_study.cells_for("rl", ("umaze",))
     with pytest.raises(RuntimeError, match=r"2 of 4 rl cells failed: cell rl_umaze_f100_edp"):
@@ -310,8 +320,8 @@ def test_a_failed_cell_does_not_stop_the_others(tmp_path, monkeypatch):
 def test_a_dotted_cell_name_keeps_its_whole_log_name(tmp_path, monkeypatch):
     """The sweep's ``rl_hopper-mr_f10_weight0.01`` logs to ``...weight0.01.log``, not
     ``...weight0.log``."""
-    monkeypatch.setattr(pointmaze_study.subprocess, "run", lambda command, stdout, **kwargs:
-                        pointmaze_study.subprocess.CompletedProcess(command, 0))
+    _fake_subprocess_run(monkeypatch, lambda command, stdout, **kwargs:
+                         pointmaze_study.subprocess.CompletedProcess(command, 0))
     args = paper_study.parse_args(["--runs-root", str(tmp_path)])
     cell = paper_study.cells_for("sweep", ())[0]
     assert cell.name == "rl_hopper-mr_f10_weight0.01"
