@@ -206,10 +206,9 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
             for m in ckpts if jax.process_index() == 0 else ():
                 m.discard_after(step)
         if jax.process_index() == 0:  # once the restore worked: the software of this attempt
-            software = {"backend": jax.default_backend(),
-                        "devices": [str(d) for d in jax.devices()]}
+            software = run_directory.environment()  # one query for all the seeds
             for c in configs:
-                run_directory.record_environment(c.path, step, **software)
+                run_directory.record_environment(c.path, step, software)
         norms = [p[1] for p in prepared]
         if per_seed_data:
             arrays, num_rows = stack_padded([p[0] for p in prepared])

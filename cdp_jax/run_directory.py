@@ -124,21 +124,24 @@ def _git_state() -> dict | None:
     return {"commit": head.stdout.strip(), "package_modified": bool(dirty)}
 
 
-def environment(devices: list[str] | None = None, backend: str | None = None) -> dict:
+def environment() -> dict:
     """What this process runs under: time, host, Python, package versions, cdp_jax's git state,
-    and (if given) the JAX backend and devices."""
+    JAX's backend and devices. Compute it once per process start and record it in every run
+    directory the process writes (two git calls and a metadata lookup per package)."""
+    import jax  # noqa: PLC0415 (the lock and config helpers above need no JAX)
+
     return {
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(), "python": platform.python_version(),
         "platform": platform.platform(), "packages": {p: _version(p) for p in PACKAGES},
-        "git": _git_state(), "backend": backend, "devices": devices,
+        "git": _git_state(), "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
     }
 
 
-def record_environment(run_dir: str | os.PathLike, step: int, **info) -> dict:
-    """Append :func:`environment` (with ``from_step``: the step this attempt starts at, 0 for a
-    fresh run) to ``run_dir/environment.json`` and return the entry. ``info`` goes to
-    :func:`environment` (``devices``, ``backend``)."""
+def record_environment(run_dir: str | os.PathLike, step: int, software: dict | None = None) -> dict:
+    """Append ``software`` (default: :func:`environment` now) with ``from_step`` (the step this
+    attempt starts at, 0 for a fresh run) to ``run_dir/environment.json``; returns the entry."""
     path = Path(run_dir) / ENVIRONMENT_FILE
     entries = []
     if path.is_file():
@@ -146,6 +149,6 @@ def record_environment(run_dir: str | os.PathLike, step: int, **info) -> dict:
             entries = list(json.loads(path.read_text())["attempts"])
         except (ValueError, KeyError, TypeError):  # kept aside, not fatal to the run
             os.replace(path, path.with_name(path.name + ".damaged"))
-    entry = {"from_step": int(step), **environment(**info)}
+    entry = {**(environment() if software is None else software), "from_step": int(step)}
     write_json(path, {"attempts": [*entries, entry]})
     return entry

@@ -255,8 +255,7 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
                 ckpt.discard_after(step)
         if jax.process_index() == 0:
             run_directory.write_json(run_dir / "config.json", config_dict(config, agent_config))
-            run_directory.record_environment(run_dir, step, backend=jax.default_backend(),
-                                             devices=[str(d) for d in jax.devices()])
+            run_directory.record_environment(run_dir, step)
         jit_kwargs, batch_sharding = {}, None
         if mesh is None:
             arrays = buffer.to_device(arrays)
