@@ -22,7 +22,7 @@ resumes where it stopped::
 
     python experiments/pointmaze_study.py                         # every study, then the JSON
     python experiments/pointmaze_study.py --study offline_rl --mazes umaze
-    python experiments/pointmaze_study.py --collect-only          # rebuild the JSON from runs/
+    python experiments/pointmaze_study.py --collect-only          # rebuild the JSON from runs/ (keeps recorded cells)
     python experiments/pointmaze_study.py --quick --runs-root /tmp/s --out /tmp/r   # smoke run
 
 Figures and tables: ``python experiments/report_results.py``.
@@ -309,14 +309,47 @@ def collect_cell(cell: Cell, args) -> dict | None:
             "seeds": seeds}
 
 
+def recorded_cell(record: dict | None, cell: Cell, args) -> dict | None:
+    """A finished cell's entry from an earlier ``<study>.json``, for a cell whose run directory
+    is gone (the results JSON is committed; ``runs/`` lives on one machine only). Kept only if the
+    cell and its command are the ones the grid holds now: a changed grid (other steps, weight or
+    flags) drops the stale entry, which is then listed as missing and runs again."""
+    if record is None:
+        return None
+    def configuration(command: str) -> list[str]:  # where a run is written is no setting
+        words = shlex.split(command)
+        if "--run-dir" in words:
+            i = words.index("--run-dir")
+            del words[i:i + 2]
+        return words
+
+    same = (record.get("cell") == json.loads(json.dumps(dataclasses.asdict(cell)))
+            and configuration(record.get("command", "")) ==
+            configuration(cell.display_command(args)))
+    if not same:
+        print(f"  {cell.name}: the recorded result is of another configuration; dropped "
+              f"(recorded: {record.get('command')})", flush=True)
+        return None
+    return record
+
+
 def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Path:
     """Write ``<out>/<study>.json`` from the finished cells of ``cells`` (pass the whole grid: a
     cell left out is neither reported nor listed as missing); ``title`` names an ablation table.
+    A cell whose run directory is gone keeps its entry from the previous ``<study>.json``
+    (:func:`recorded_cell`), so a study continued on a new machine does not lose finished cells.
     ``protocol`` holds the study's defaults; each cell records its own steps, evaluation interval
     and command."""
     out = Path(args.out) / f"{study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {c.name: r for c in cells if (r := collect_cell(c, args)) is not None}
+    recorded = json.loads(out.read_text())["cells"] if out.exists() else {}
+    results = {}
+    for cell in cells:
+        result = collect_cell(cell, args)
+        if result is None:
+            result = recorded_cell(recorded.get(cell.name), cell, args)
+        if result is not None:
+            results[cell.name] = result
     script = f"experiments/{Path(sys.argv[0]).name}"  # pointmaze_study.py or fetch_study.py
     record = {"study": study, "command": " ".join(["python", script, *sys.argv[1:]]),
               "protocol": {"steps": args.steps, "eval_every": args.eval_every,

@@ -327,3 +327,27 @@ def test_a_dotted_cell_name_keeps_its_whole_log_name(tmp_path, monkeypatch):
     assert cell.name == "rl_hopper-mr_f10_weight0.01"
     pointmaze_study.run_cell(cell, args)
     assert [p.name for p in (tmp_path / "sweep").glob("*.log")] == [f"{cell.name}.log"]
+
+
+def test_collect_keeps_recorded_cells_whose_runs_are_gone(tmp_path, capsys):
+    """A study continued on a new machine (no runs/) keeps the finished cells of the committed
+    JSON, wherever the runs were written; an entry of another configuration is dropped and the
+    cell listed as missing again."""
+    args = paper_study.parse_args(["--runs-root", str(tmp_path / "runs"), "--out",
+                                   str(tmp_path / "out"), "--no-diagnostics"])
+    grid = paper_study.cells_for("rl", ("umaze",))
+    kept, stale = grid[0], grid[1]
+    name, entry = _fake_cell(kept.name, kept.group, kept.arm, [1.0, 2.0])
+    entry["cell"] = json.loads(json.dumps(pointmaze_study.dataclasses.asdict(kept)))
+    # recorded on another machine, under another runs root
+    entry["command"] = kept.display_command(args).replace(str(tmp_path / "runs"), "runs/elsewhere")
+    _, old = _fake_cell(stale.name, stale.group, stale.arm, [3.0])
+    old["cell"] = json.loads(json.dumps(pointmaze_study.dataclasses.asdict(stale)))
+    old["command"] = stale.display_command(args).replace("--steps 20000", "--steps 2000")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "rl.json").write_text(json.dumps({"cells": {name: entry,
+                                                                    stale.name: old}}))
+    record = json.loads(pointmaze_study.collect("rl", grid, args).read_text())
+    assert record["cells"] == {name: entry}
+    assert stale.name in record["missing"] and kept.name not in record["missing"]
+    assert f"{stale.name}: the recorded result is of another configuration" in capsys.readouterr().out
