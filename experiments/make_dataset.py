@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     loc.add_argument("--medium-step", type=int, default=None, help="override the medium snapshot")
     loc.add_argument("--expert-step", type=int, default=None, help="override the expert snapshot")
     loc.add_argument("--num-envs", type=int, default=10, help="vector envs for the rollouts")
+    loc.add_argument("--reference", default=None, metavar="JSON",
+                     help="expert and reference scores of the full run whose start --policy-dir "
+                          "holds (medium / medium-replay), e.g. results/behaviour/hopper.json")
 
     d4 = sub.add_parser("d4rl", help="import an original D4RL HDF5 file")
     d4.add_argument("--file", required=True, help="the D4RL .hdf5 file")
@@ -119,7 +122,9 @@ def _main_locomotion(args) -> dict:
             return locomotion.build(
                 args.env, args.kind, args.policy_dir, steps, args.seed, args.dataset_id,
                 medium_step=args.medium_step, expert_step=args.expert_step,
-                num_envs=args.num_envs, overwrite=args.overwrite, progress=bar.update)
+                num_envs=args.num_envs, overwrite=args.overwrite, progress=bar.update,
+                reference=(None if args.reference is None
+                           else locomotion.load_reference(args.reference, args.env)))
     return d4rl.import_file(args.file, args.task, args.dataset_id, overwrite=args.overwrite)
 
 

@@ -155,6 +155,50 @@ def test_medium_replay_is_the_training_record(built, policy_dir):
         np.testing.assert_array_equal(data.terminals, f["terminations"][:n, 0])
 
 
+def test_medium_datasets_from_the_start_of_a_run_and_a_reference(built, policy_dir, tmp_path):
+    """A run cut short before its expert builds medium and medium-replay with a reference record
+    of the full run: the record's expert return sets the medium target, its scores normalise; the
+    medium-replay is the same training record as the full recipe's when the medium step agrees."""
+    evals = {e["env_steps"]: e["return_mean"]
+             for e in json.loads((policy_dir / "evaluations.json").read_text())}
+    medium = built["medium-replay"]["medium_step"]
+    record = {"env": "hopper", "expert_step": 10**6, "expert_return": 3.0 * evals[medium],
+              "ref_min_score": -5.0, "ref_max_score": 500.0, "num_random_episodes": 100,
+              "num_expert_episodes": 10, "source": "a test record"}
+    path = tmp_path / "hopper.json"
+    path.write_text(json.dumps(record))
+    reference = locomotion.load_reference(path, "hopper")
+    target = evals[medium]
+    first = min(s for s in evals if abs(evals[s] - target) <= 0.1 * target)
+    sel = locomotion.select_policies(policy_dir, reference=reference)
+    assert (sel["medium_step"], sel["expert_step"], sel["expert_return"]) == (
+        first, 10**6, 3.0 * evals[medium])
+    kw = dict(num_envs=4, reference=reference)
+    replay = locomotion.build("hopper", "medium-replay", policy_dir, None,
+                              dataset_id="cdp/test/replay-ref-v0", **kw)
+    locomotion.build("hopper", "medium", policy_dir, STEPS, dataset_id="cdp/test/medium-ref-v0",
+                     **kw)
+    for dataset_id in ("cdp/test/replay-ref-v0", "cdp/test/medium-ref-v0"):
+        data = dm.load(dataset_id)
+        assert (data.ref_min_score, data.ref_max_score) == (-5.0, 500.0)
+        copy = Path(dm.dataset_path(dataset_id)) / "behaviour_policy"
+        assert [p.name for p in (copy / "snapshots").iterdir()] == [f"step_{first:09d}"]
+    assert replay["medium_step"] == first
+    if first == medium:
+        np.testing.assert_array_equal(dm.load("cdp/test/replay-ref-v0").actions,
+                                      dm.load("cdp/hopper/medium-replay-v0").actions)
+    with pytest.raises(ValueError, match="needs the expert snapshot"):
+        locomotion.build("hopper", "expert", policy_dir, STEPS, dataset_id="cdp/test/x-v0", **kw)
+    with pytest.raises(ValueError, match="not 'walker2d'"):
+        locomotion.load_reference(path, "walker2d")
+    path.write_text(json.dumps({"env": "hopper"}))
+    with pytest.raises(ValueError, match="needs expert_step"):
+        locomotion.load_reference(path, "hopper")
+    # the record the paper study's Hopper datasets were rebuilt with is well formed
+    locomotion.load_reference(Path(__file__).resolve().parents[1] / "results" / "behaviour"
+                              / "hopper.json", "hopper")
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="expected one of"):
         locomotion.default_dataset_id("ant", "medium")

@@ -28,6 +28,13 @@ env share them. Everything is deterministic given the seeds. The snapshots used 
 as ``policy_dir`` to rebuild ``medium`` / ``expert`` / ``medium-expert`` without retraining
 (``medium-replay`` needs the training directory's ``transitions.h5``).
 
+A run cut short at the medium snapshot holds everything ``medium`` and ``medium-replay`` need
+but the expert: pass ``reference=`` (a :func:`load_reference` record of the full run: expert step
+and return, both reference scores) and the expert's return sets the medium target and its scores
+normalise the datasets. SAC is deterministic given the seed, so rerunning the first steps of a
+run reproduces its medium snapshot and training record (``results/behaviour/hopper.json`` holds
+the record of the Hopper run the paper study's datasets come from; docs/DATASETS.md).
+
 Differences from D4RL: gymnasium MuJoCo v5 envs (mujoco 3) instead of mujoco-py v3; our own SAC
 runs (the expert's return, hence ``ref_max_score``, is what the run reached, not D4RL's 3234.3 for
 Hopper); ``ref_min_score`` / ``ref_max_score`` are measured here, not D4RL's constants.
@@ -100,12 +107,14 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
 
 
 def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_FRACTION,
-                    medium_step: int | None = None, expert_step: int | None = None) -> dict:
+                    medium_step: int | None = None, expert_step: int | None = None,
+                    reference: dict | None = None) -> dict:
     """Which snapshots are the medium and expert policies (module docstring, step 2).
 
     ``selection.json`` in ``policy_dir`` (written beside a dataset) takes precedence; explicit
-    ``medium_step`` / ``expert_step`` override either. Returns ``dict(medium_step, medium_return,
-    expert_step, expert_return)``.
+    ``medium_step`` / ``expert_step`` override either. ``reference`` (:func:`load_reference`)
+    supplies the expert of a longer run of which ``policy_dir`` holds the beginning. Returns
+    ``dict(medium_step, medium_return, expert_step, expert_return)``.
     """
     policy_dir = Path(policy_dir)
     saved = policy_dir / "selection.json"
@@ -123,6 +132,12 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
         evals = {int(e["env_steps"]): float(e["return_mean"])
                  for e in json.loads(path.read_text())}
         selection = {}
+    if reference is not None:
+        if expert_step not in (None, reference["expert_step"]):
+            raise ValueError(f"expert_step={expert_step} contradicts the reference's expert "
+                             f"(step {reference['expert_step']})")
+        expert_step = reference["expert_step"]
+        evals[expert_step] = reference["expert_return"]
     if expert_step is None:
         expert_step = selection.get("expert_step", max(evals, key=lambda s: (evals[s], -s)))
     if medium_step is None:
@@ -267,6 +282,23 @@ def replay_episodes(policy_dir: str | Path, up_to_step: int,
     return [ep for _, _, ep in sorted(found, key=lambda x: (x[0], x[1]))]
 
 
+REFERENCE_FIELDS = ("env", "expert_step", "expert_return", "ref_min_score", "ref_max_score",
+                    "num_random_episodes", "num_expert_episodes")
+
+
+def load_reference(path: str | Path, env: str) -> dict:
+    """The record of a full behaviour run (JSON with :data:`REFERENCE_FIELDS`, e.g.
+    ``results/behaviour/hopper.json``) for :func:`build`'s ``reference``; checked against
+    ``env``."""
+    record = json.loads(Path(path).read_text())
+    missing = [k for k in REFERENCE_FIELDS if k not in record]
+    if missing:
+        raise ValueError(f"{path}: a reference record needs {', '.join(missing)}")
+    if record["env"] != env:
+        raise ValueError(f"{path} is the record of {record['env']!r}, not {env!r}")
+    return record
+
+
 def reference_scores(env: str, policy_dir: str | Path, expert_step: int, *,
                      num_random_episodes: int = 100, num_expert_episodes: int = 10) -> dict:
     """``ref_min_score`` (uniform random actions) and ``ref_max_score`` (deterministic expert),
@@ -315,7 +347,8 @@ def _copy_policies(policy_dir: Path, target: Path, selection: dict, references: 
     shutil.copyfile(policy_dir / "config.json", tmp / "config.json")
     for step in sorted({selection["medium_step"], selection["expert_step"]}):
         name = f"step_{step:09d}"
-        shutil.copytree(policy_dir / "snapshots" / name, tmp / "snapshots" / name)
+        if (policy_dir / "snapshots" / name).exists():  # a reference's expert is not here
+            shutil.copytree(policy_dir / "snapshots" / name, tmp / "snapshots" / name)
     (tmp / "selection.json").write_text(json.dumps(selection, indent=2))
     (tmp / "reference_scores.json").write_text(json.dumps(references, indent=2))
     shutil.rmtree(target, ignore_errors=True)
@@ -326,7 +359,8 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
           seed: int = 0, dataset_id: str | None = None, *, medium_step: int | None = None,
           expert_step: int | None = None, medium_fraction: float = MEDIUM_FRACTION,
           num_envs: int = 10, num_random_episodes: int = 100, num_expert_episodes: int = 10,
-          overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
+          reference: dict | None = None, overwrite: bool = False,
+          progress: Callable[[int], None] | None = None) -> dict:
     """Write one locomotion dataset (``kind`` in :data:`KINDS`); return a summary dict.
 
     Args:
@@ -339,6 +373,8 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
         medium_step, expert_step, medium_fraction: override the snapshot selection.
         num_envs: vector envs stepping together during rollouts.
         num_random_episodes, num_expert_episodes: episodes for the reference scores.
+        reference: the expert and reference scores of a longer run (:func:`load_reference`)
+            whose beginning ``policy_dir`` holds; ``medium`` and ``medium-replay`` only.
 
     Returns:
         ``dict(dataset_id, path, num_steps, num_episodes, size_bytes, ref_min_score,
@@ -355,11 +391,18 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
         raise ValueError(f"num_steps must be >= 1 for {kind}, got {num_steps}")
     check_target(dataset_id, overwrite)
     policy_dir = Path(policy_dir)
+    if reference is not None and kind not in ("medium", "medium-replay"):
+        raise ValueError(f"{kind} needs the expert snapshot itself; a reference record only "
+                         "builds medium and medium-replay")
     selection = select_policies(policy_dir, medium_fraction=medium_fraction,
-                                medium_step=medium_step, expert_step=expert_step)
-    refs = reference_scores(env, policy_dir, selection["expert_step"],
-                            num_random_episodes=num_random_episodes,
-                            num_expert_episodes=num_expert_episodes)
+                                medium_step=medium_step, expert_step=expert_step,
+                                reference=reference)
+    if reference is not None:
+        refs = {k: reference[k] for k in REFERENCE_FIELDS if k != "env"}
+    else:
+        refs = reference_scores(env, policy_dir, selection["expert_step"],
+                                num_random_episodes=num_random_episodes,
+                                num_expert_episodes=num_expert_episodes)
     episodes = []
     if kind == "medium-replay":
         episodes = replay_episodes(policy_dir, selection["medium_step"], num_steps)
@@ -399,7 +442,10 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
             f"({refs['num_random_episodes']} episodes), ref_max_score = mean return of the "
             f"expert snapshot acting deterministically ({refs['num_expert_episodes']} episodes), "
             "so a normalised score of 100 is our expert, 0 random (measured here; D4RL's own "
-            "constants differ, see docs/DATASETS.md). Behaviour policies: behaviour_policy/."),
+            "constants differ, see docs/DATASETS.md). Behaviour policies: behaviour_policy/."
+            + ("" if reference is None else
+               f" The expert and both reference scores are those of the full run this one "
+               f"repeats the start of: {reference.get('source', 'a reference record')}.")),
     )
     _copy_policies(policy_dir, path / "behaviour_policy", selection, refs)
     return {"dataset_id": dataset_id, "path": str(path), "kind": kind,
