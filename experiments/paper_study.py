@@ -31,7 +31,7 @@ Cells whose dataset is not built yet are listed with the command that builds it 
     python experiments/make_dataset.py fetch --task push
     python experiments/paper_study.py                        # every study, then the JSON
     python experiments/paper_study.py --study rl --tasks umaze
-    python experiments/paper_study.py --collect-only         # rebuild the JSON from runs/ (keeps recorded cells)
+    python experiments/paper_study.py --collect-only         # rebuild the JSON (keeps recorded cells)
     python experiments/paper_study.py --quick --runs-root /tmp/s --out /tmp/r --tasks umaze
 
 Defaults: 5 seeds; offline RL 20,000 gradient steps per run (10 % of the paper's 200k: the floor

@@ -22,7 +22,7 @@ resumes where it stopped::
 
     python experiments/pointmaze_study.py                         # every study, then the JSON
     python experiments/pointmaze_study.py --study offline_rl --mazes umaze
-    python experiments/pointmaze_study.py --collect-only          # rebuild the JSON from runs/ (keeps recorded cells)
+    python experiments/pointmaze_study.py --collect-only          # rebuild the JSON (keeps recorded cells)
     python experiments/pointmaze_study.py --quick --runs-root /tmp/s --out /tmp/r   # smoke run
 
 Figures and tables: ``python experiments/report_results.py``.
