@@ -95,7 +95,8 @@ def _rl_cell(study_name: str, task: str, fraction, arm: str, weight: float,
     pct = study._pct(fraction)
     name = f"rl_{task}_f{pct.rstrip('%')}_{arm.replace('=', '')}"
     # Hopper's 1000-step episodes with 100 candidates per step make an evaluation about 3x
-    # PointMaze's 300-step ones: evaluated half as often (checkpointed as often).
+    # PointMaze umaze's 300-step ones: evaluated half as often (checkpointed as often). PointMaze
+    # medium's (600 steps, its env's time limit) are evaluated as often as umaze's.
     return study.Cell(study_name, name, "dql", RL_TASKS[task][0],
                       fraction, weight, sets=sets, group=f"{task} {pct}", arm=arm,
                       preset="paper", eval_factor=2 if task.startswith("hopper") else 1)

@@ -50,6 +50,21 @@ def test_official_table_has_every_task_config_of_the_official_code():
         source=paper.PROJECT_ROWS["pointmaze-umaze"].source)
 
 
+def test_pointmaze_rows_cap_episodes_at_the_envs_own_time_limit():
+    # The reference scores are measured on the registered env (pointmaze.reference_return), so
+    # an evaluation cap below its time limit would normalise truncated returns by full ones.
+    import gymnasium as gym
+
+    from cdp_jax.data.builders import pointmaze
+
+    pointmaze._register_robotics()
+    for maze in ("umaze", "medium", "large"):
+        limit = gym.spec(pointmaze.env_id(maze)).max_episode_steps
+        assert paper.PROJECT_ROWS[f"pointmaze-{maze}"].max_episode_steps == limit
+        config, _ = run_config.preset("paper", dataset=f"cdp/pointmaze/{maze}-v0")
+        assert config.max_episode_steps == limit
+
+
 def test_paper_preset_takes_the_task_row():
     config, agent = run_config.preset("paper", dataset="mujoco/hopper/medium-replay-v0")
     assert (agent.eta, agent.candidate_temperature, agent.td_samples) == (1.0, 300.0, 1)
