@@ -351,3 +351,30 @@ def test_collect_keeps_recorded_cells_whose_runs_are_gone(tmp_path, capsys):
     assert record["cells"] == {name: entry}
     assert stale.name in record["missing"] and kept.name not in record["missing"]
     assert f"{stale.name}: the recorded result is of another configuration" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout,metric", [("paper", "normalized_score"),
+                                           ("pointmaze", "success_rate")])
+def test_imitation_figures_plot_the_layouts_metric(tmp_path, monkeypatch, layout, metric):
+    """The paper layout's imitation figures plot the score (its verdicts' metric; umaze reaches
+    success 1.00 in both arms), the older layouts keep success."""
+    name = {"paper": "il", "pointmaze": "imitation"}[layout]
+    results = tmp_path / "results"
+    results.mkdir()
+    cells = dict([_fake_cell("il_push_f100_edp", "push 100%", "edp", [70.0, 80.0, 75.0]),
+                  _fake_cell("il_push_f100_cdp", "push 100%", "cdp", [78.0, 88.0, 84.0])])
+    if layout == "pointmaze":  # the older layout's arm names
+        for cell in cells.values():
+            cell["cell"]["arm"] = {"edp": "vanilla"}.get(cell["cell"]["arm"], "cdp")
+    (results / f"{name}.json").write_text(json.dumps({"cells": cells}))
+    plotted = []
+    for fn in ("fraction_bars", "learning_curves"):
+        real = getattr(report_results, fn)
+        monkeypatch.setattr(report_results, fn,
+                            lambda rec, m, path, *a, _real=real, **k: (plotted.append(m),
+                                                                       _real(rec, m, path, *a, **k)))
+    assert report_results.main(["--results", str(results), "--figures", str(tmp_path / "figs"),
+                                "--layout", layout, "--prefix", "x"]) == 0
+    assert plotted == [metric, metric]
+    assert {p.name for p in (tmp_path / "figs").glob("*.png")} >= {"x_imitation_bars.png",
+                                                                  "x_imitation_curves.png"}
