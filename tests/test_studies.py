@@ -358,14 +358,11 @@ def test_collect_keeps_recorded_cells_whose_runs_are_gone(tmp_path, capsys):
 def test_imitation_figures_plot_the_layouts_metric(tmp_path, monkeypatch, layout, metric):
     """The paper layout's imitation figures plot the score (its verdicts' metric; umaze reaches
     success 1.00 in both arms), the older layouts keep success."""
-    name = {"paper": "il", "pointmaze": "imitation"}[layout]
+    name, base = {"paper": ("il", "edp"), "pointmaze": ("imitation", "vanilla")}[layout]
     results = tmp_path / "results"
     results.mkdir()
-    cells = dict([_fake_cell("il_push_f100_edp", "push 100%", "edp", [70.0, 80.0, 75.0]),
+    cells = dict([_fake_cell("il_push_f100_base", "push 100%", base, [70.0, 80.0, 75.0]),
                   _fake_cell("il_push_f100_cdp", "push 100%", "cdp", [78.0, 88.0, 84.0])])
-    if layout == "pointmaze":  # the older layout's arm names
-        for cell in cells.values():
-            cell["cell"]["arm"] = {"edp": "vanilla"}.get(cell["cell"]["arm"], "cdp")
     (results / f"{name}.json").write_text(json.dumps({"cells": cells}))
     plotted = []
     for fn in ("fraction_bars", "learning_curves"):
