@@ -141,12 +141,13 @@ def field_types(cls) -> dict:
 
 
 def parse_field_value(cls, name: str, text: str):
-    """Parse ``text`` as the value of field ``name`` of config class ``cls`` (``none`` -> None)."""
+    """Parse ``text`` as the value of field ``name`` of config class ``cls``; ``none`` is None
+    only where the field's type allows None (elsewhere a string field keeps the text ``"none"``)."""
     types_ = field_types(cls)
     if name not in types_:
         raise ValueError(f"Unknown {cls.__name__} field {name!r}; accepted: {sorted(types_)}.")
     kind = types_[name]
-    if text.lower() == "none":
+    if text.lower() == "none" and type(None) in typing.get_args(typing.get_type_hints(cls)[name]):
         return None
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0"):
