@@ -6,7 +6,8 @@ flattened in a recorded key order (:func:`cdp_jax.data.dataset.default_obs_keys`
 the same order flattens a (vector) environment's observations at evaluation time through
 :func:`flatten_observation`.
 
-A missing dataset raises :class:`DatasetNotFoundError` naming the command that gets it; an
+A missing dataset raises :class:`DatasetNotFoundError` saying whether the id exists on Minari's
+server at all (:mod:`cdp_jax.data.dataset_ids`) and the command that downloads or builds it; an
 unreadable one raises :class:`DatasetCorruptError` naming the path to delete; neither surfaces an
 h5py traceback. A readable one holding NaN / inf values raises :class:`DatasetValueError` naming the
 array, the episode and the step.
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cdp_jax.data import dataset_ids
 from cdp_jax.data.dataset import (
     DatasetCorruptError,
     DatasetNotFoundError,
@@ -54,26 +56,6 @@ __all__ = [
     "windows",
 ]
 
-# Local ids this project builds, and the command that builds each (named in "not found" errors).
-LOCAL_BUILDERS = {
-    "cdp/pointmaze/umaze-v0": "python experiments/make_dataset.py pointmaze --maze umaze",
-    "cdp/pointmaze/medium-v0": "python experiments/make_dataset.py pointmaze --maze medium",
-    "cdp/pointmaze/large-v0": "python experiments/make_dataset.py pointmaze --maze large",
-    "cdp/fetch/push-v0": "python experiments/make_dataset.py fetch --task push",
-    "cdp/fetch/pickandplace-v0": "python experiments/make_dataset.py fetch --task pickandplace",
-    **{
-        f"cdp/{env}/{kind}-v0": (
-            f"python experiments/make_dataset.py locomotion-train --env {env} --policy-dir "
-            f"runs/{env}` (once), then `python experiments/make_dataset.py locomotion --env {env} "
-            f"--kind {kind} --policy-dir runs/{env}"
-        )
-        for env in ("hopper", "halfcheetah", "walker2d")
-        for kind in ("medium", "medium-replay", "expert", "medium-expert")
-    },
-}
-QUICKSTART_BUILDER = LOCAL_BUILDERS["cdp/pointmaze/umaze-v0"]
-
-
 def dataset_path(dataset_id: str):
     """Where Minari keeps ``dataset_id`` (``$MINARI_DATASETS_PATH/<id>``, default
     ``~/.minari/datasets``)."""
@@ -87,14 +69,11 @@ def _not_found_message(dataset_id: str) -> str:
         f"Minari dataset {dataset_id!r} not found at {dataset_path(dataset_id)} "
         f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '<unset>')})."
     )
-    if dataset_id in LOCAL_BUILDERS:
-        return f"{where}\n  it is built locally: run `{LOCAL_BUILDERS[dataset_id]}`"
-    return (
-        f"{where}\n"
-        f"  remote dataset: run `minari download {dataset_id}`\n"
-        f"  or build a local one: `{QUICKSTART_BUILDER}` (id cdp/pointmaze/umaze-v0), or "
-        "`python experiments/make_dataset.py random --env-id <gymnasium id> --dataset-id <id>`"
-    )
+    how = dataset_ids.how_to_get(dataset_id)
+    if dataset_ids.remote_family(dataset_id) is not None:
+        how += ("\n  or train on a dataset built here instead: "
+                "`python experiments/make_dataset.py --help`")
+    return f"{where}\n{how}"
 
 
 def _open(dataset_id: str):
@@ -114,7 +93,7 @@ def _open(dataset_id: str):
 
 
 def _corrupt_message(dataset_id: str, error: Exception) -> str:
-    builder = LOCAL_BUILDERS.get(dataset_id)
+    builder = dataset_ids.local_build_command(dataset_id)
     if builder:
         how = f"`{builder} --overwrite`"
     elif dataset_id.startswith("cdp/"):

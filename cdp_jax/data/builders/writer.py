@@ -4,22 +4,39 @@
 interrupted build would leave a half-written dataset that later loads as garbage. So we point
 ``MINARI_DATASETS_PATH`` at a hidden scratch directory inside the datasets root (same filesystem, so
 the final ``os.replace`` is atomic; hidden, so Minari's listings skip it), build there, and move the
-finished directory into place. The scratch directory is removed whatever happens.
+finished directory into place. The scratch directory is removed whatever happens to the build,
+short of the process itself being killed (SIGKILL, out of memory, power loss). A running build holds
+an exclusive lock on ``build.lock`` in its scratch directory, which the system releases when the
+process dies, so the next build (:func:`check_target`) can tell a killed build's scratch directory
+from a running one's: it removes the killed ones and says so (:func:`remove_stale_scratch`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): stale scratch directories are recognised by age alone
+    fcntl = None
+
 SCRATCH_PREFIX = ".cdp-build-"
+LOCK_NAME = "build.lock"
+# A scratch directory without a lock file (a build killed between creating the directory and its
+# lock, or one from before the lock existed), or any one where flock is missing, counts as stale
+# once it is this old: a live build writes its lock file a moment after creating the directory.
+UNLOCKED_STALE_AFTER_S = 600.0
 
 
 @contextlib.contextmanager
@@ -33,6 +50,83 @@ def _datasets_root(path: Path) -> Iterator[None]:
             del os.environ["MINARI_DATASETS_PATH"]
         else:
             os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+@contextlib.contextmanager
+def _scratch_directory(root: Path, dataset_id: str) -> Iterator[Path]:
+    """A fresh hidden scratch directory under ``root``, locked while the build runs and removed
+    after it, whatever happens (a killed process leaves it for :func:`remove_stale_scratch`)."""
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
+    try:
+        with open(scratch / LOCK_NAME, "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: never contended
+            json.dump({"dataset_id": dataset_id, "pid": os.getpid()}, lock)
+            lock.flush()
+            try:
+                yield scratch
+            finally:  # removed while still locked: no other build takes it for a killed one's
+                shutil.rmtree(scratch, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _builder_gone(scratch: Path) -> bool:
+    """Whether no running process owns ``scratch``: its lock can be taken (the owner died and the
+    system released it), or, without a lock to test, the directory is old."""
+    lock_path = scratch / LOCK_NAME
+    if fcntl is None or not lock_path.is_file():
+        return time.time() - scratch.stat().st_mtime > UNLOCKED_STALE_AFTER_S
+    with open(lock_path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a build is running (in this or another process)
+            return False
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return True
+
+
+def remove_stale_scratch(root: Path) -> list[str]:
+    """Remove the scratch directories that killed builds left under the datasets root ``root``;
+    return one line per directory saying what was removed (or restored).
+
+    Only directories whose build is not running are touched (see :func:`_builder_gone`). A build
+    killed while replacing a dataset (``--overwrite``), between moving the old dataset aside and
+    moving the new one in, leaves the old one in ``previous``: it is moved back when its id is free.
+    """
+    lines = []
+    for scratch in sorted(Path(root).glob(SCRATCH_PREFIX + "*")):
+        try:
+            if not scratch.is_dir() or not _builder_gone(scratch):
+                continue
+            owner = _read_owner(scratch)
+            dataset_id = owner.get("dataset_id") if isinstance(owner.get("dataset_id"), str) else None
+            restored = ""
+            previous = scratch / "previous"
+            final = Path(root) / dataset_id if dataset_id else None
+            if final is not None and previous.is_dir() and not final.exists():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(previous, final)
+                restored = f"; restored the previous {dataset_id!r} it held"
+            size = directory_size(scratch) / 2**20
+            shutil.rmtree(scratch)
+        except OSError as e:  # vanished meanwhile (another build cleaned it), or unremovable
+            if scratch.exists():
+                lines.append(f"could not remove {scratch}, left by an interrupted dataset build "
+                             f"({type(e).__name__}: {e}); delete it by hand")
+            continue
+        what = f"building {dataset_id!r}" if dataset_id else "unknown dataset"
+        lines.append(f"removed {scratch} ({size:.1f} MiB), left by an interrupted dataset build "
+                     f"({what}, process {owner.get('pid', '?')}){restored}")
+    return lines
+
+
+def _read_owner(scratch: Path) -> dict:
+    try:
+        owner = json.loads((scratch / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 def episode_buffer(
@@ -66,6 +160,8 @@ def check_target(dataset_id: str, overwrite: bool) -> Path:
     """Validate ``dataset_id`` and that it may be written; return its final path.
 
     Builders call this before collecting, so a clash fails in a second, not after the whole build.
+    It first removes what killed builds left under the datasets root (:func:`remove_stale_scratch`),
+    printing a ``note:`` line for each to stderr.
     """
     from minari.dataset.minari_dataset import parse_dataset_id
     from minari.storage import get_dataset_path
@@ -77,7 +173,10 @@ def check_target(dataset_id: str, overwrite: bool) -> Path:
             f"dataset_id {dataset_id!r} is malformed: Minari ids look like "
             "'namespace/name-v<version>', e.g. 'cdp/pointmaze/umaze-v0'"
         ) from e
-    final = Path(get_dataset_path()) / dataset_id
+    root = Path(get_dataset_path())
+    for line in remove_stale_scratch(root):
+        print(f"note: {line}", file=sys.stderr, flush=True)
+    final = root / dataset_id
     if final.exists() and not overwrite:
         raise FileExistsError(
             f"dataset {dataset_id!r} already exists at {final}; pass overwrite=True "
@@ -122,8 +221,7 @@ def write_dataset(
     final = check_target(dataset_id, overwrite)
     namespace, _, _ = parse_dataset_id(dataset_id)
     root = Path(get_dataset_path())
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=root))
-    try:
+    with _scratch_directory(root, dataset_id) as scratch:
         with _datasets_root(scratch), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module="minari")
             create_dataset_from_buffers(
@@ -152,8 +250,6 @@ def write_dataset(
             # Move the old dataset aside first so the id always names a complete dataset.
             os.replace(final, scratch / "previous")
         os.replace(scratch / dataset_id, final)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return final
 
 
