@@ -14,7 +14,9 @@ See docs/DATASETS.md for every dataset: recipe, size, build time, differences fr
 
 Datasets go to ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``); load them with
 ``cdp_jax.data.minari.load(<dataset id>)``. A build is written to a hidden scratch directory and
-moved into place only when complete, so an interrupted build leaves nothing behind.
+moved into place only when complete, so an interrupted build leaves no dataset behind; one killed
+outright (``kill -9``, out of memory) leaves its hidden ``.cdp-build-*`` folder, which the next
+build removes, saying so.
 """
 
 from __future__ import annotations

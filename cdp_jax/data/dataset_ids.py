@@ -58,8 +58,8 @@ REMOTE_FAMILIES = (
             "huggingface.co/datasets/farama-minari/mujoco",
             "github.com/Farama-Foundation/Minari/issues/325"),
         data=("Minari's own data, not D4RL's: regenerated on Gymnasium MuJoCo v5 envs (mujoco 3) "
-              "by Stable-Baselines3 policies Minari trained, with reference scores of their own; "
-              "no medium-replay or medium-expert")),
+              "by Stable-Baselines3 policies Minari trained (reference scores, where recorded, "
+              "are not D4RL's); no medium-replay or medium-expert")),
     RemoteFamily(
         ids=tuple(f"D4RL/pointmaze/{maze}{dense}-v2" for maze in _MAZES for dense in ("", "-dense")),
         checked_at=("minari.farama.org/datasets/D4RL/pointmaze/umaze-v2",
