@@ -12,7 +12,7 @@ under the defaults, and why they differ); these presets switch all of them on, q
   :data:`PAPER_IL_TRAIN`.
 
 :func:`task_for_dataset` finds a task's row from any id a dataset may have: Minari's
-``mujoco/hopper/medium-replay-v0`` and ``D4RL/antmaze/medium-play-v1`` style ids, the D4RL names
+``mujoco/hopper/medium-v0`` and ``D4RL/antmaze/medium-play-v1`` style ids, the D4RL names
 (``hopper-medium-replay-v2``) and the ids :func:`cdp_jax.data.d4rl.import_file` writes
 (``cdp/d4rl/hopper-medium-replay-v2``), and this project's locally built datasets
 (``cdp/hopper/medium-replay-v0``: D4RL's recipe, see docs/DATASETS.md). PointMaze has no row in
@@ -26,6 +26,7 @@ import dataclasses
 import re
 
 from cdp_jax.contraction import ContractionConfig
+from cdp_jax.data import dataset_ids
 
 # The official penalty: mean((J_sym + 0.1 I)^2) over the d^2 entries, the exact Jacobian of the
 # raw x0 network w.r.t. the noisy action, averaged over all in-window samples, weight 0.1. RL: the
@@ -203,3 +204,21 @@ def describe_task_values(config, agent_config) -> str:
         task, row = found
         origin = f"task {task}: {row.source}; flags and --set override them"
     return f"paper preset, per-task values: {values} ({origin})"
+
+
+def data_provenance_note(dataset_id: str) -> str | None:
+    """For a ``--preset paper`` run: a note when ``dataset_id`` has a per-task row but does not
+    hold D4RL's data (Minari's ids, this project's builds; :mod:`cdp_jax.data.dataset_ids`), saying
+    that the row is only the nearest official analogue and that scores on it are not comparable
+    with the paper's. None for D4RL's own files imported (``cdp/d4rl/...``) and for ids with no
+    row or of unknown origin."""
+    found = task_row(dataset_id)
+    provenance = dataset_ids.d4rl_provenance(dataset_id)
+    if found is None or provenance is None:
+        return None
+    task, _ = found
+    row = ("the nearest official analogue" if task in TASKS
+           else "cdp_jax's own (this task is not in the paper)")
+    return (f"{dataset_id} is not the paper's data ({provenance}). Its per-task row, {task}, is "
+            f"{row}: scores on it are not comparable with the paper's. The paper's own files: "
+            "docs/DATASETS.md, \"Getting the paper's own data\".")

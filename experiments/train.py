@@ -8,7 +8,7 @@ the logs and checkpoints went (``runs/quickstart/``)::
     python experiments/train.py
     python experiments/train.py --agent dbc --steps 5000 --contraction-weight 1.0
     python experiments/train.py --preset full --dataset D4RL/pointmaze/umaze-v2 --name pm_full
-    python experiments/train.py --preset paper --dataset mujoco/hopper/medium-replay-v0
+    python experiments/train.py --preset paper --dataset cdp/hopper/medium-replay-v0
     python experiments/train.py --preset paper --dataset my/dataset-v0 --set eta=1 \
         --set candidate_temperature=100 --reward-normalization returns_range
     python experiments/train.py --preset paper-il --dataset cdp/fetch/push-v0
@@ -189,6 +189,9 @@ def main(argv=None) -> int:
             run_config.check_resume(c, agent_config)
     if args.preset == "paper":
         print(paper.describe_task_values(config, agent_config), flush=True)
+        note = paper.data_provenance_note(config.dataset)
+        if note is not None:  # Minari's ids and this project's builds are not D4RL's data
+            print(f"note: {note}", flush=True)
     ensure_dataset(config.dataset, args.build_steps)
     if seeds is not None:
         summary = multi_seed.train_seeds(config, agent_config, seeds, args.parallel)

@@ -75,7 +75,7 @@ REMOTE_FAMILIES = (
                     "minari.farama.org dataset index (D4RL / Ant Maze)"),
         data=("regenerated on gymnasium-robotics AntMaze_*-v4 with a new goal-reaching policy, "
               "not D4RL's antmaze files; dict observations; IQL with D4RL's settings does not "
-              "reach its D4RL AntMaze scores on them (Minari issue 296, open)")),
+              "reach its D4RL AntMaze scores on them, Minari issue 296")),
     RemoteFamily(
         ids=tuple(f"D4RL/kitchen/{task}-v2" for task in ("complete", "mixed", "partial")),
         checked_at=("minari.farama.org/datasets/D4RL/kitchen/mixed-v2",
@@ -183,6 +183,6 @@ def d4rl_provenance(dataset_id: str) -> str | None:
     if dataset_id.startswith("cdp/d4rl/"):
         return None
     if local_build_command(dataset_id) is not None:
-        return ("this project's own build (experiments/make_dataset.py), with its own behaviour "
-                "policy and reference scores (docs/DATASETS.md), not D4RL's data")
+        return ("this project's own build, with its own behaviour policy and reference scores, "
+                "see docs/DATASETS.md")
     return None
