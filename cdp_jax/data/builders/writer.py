@@ -28,14 +28,14 @@ import numpy as np
 
 try:
     import fcntl
-except ImportError:  # no flock (Windows): stale scratch directories are recognised by age alone
+except ImportError:  # no flock (Windows): only scratch directories without a lock file are removed
     fcntl = None
 
 SCRATCH_PREFIX = ".cdp-build-"
 LOCK_NAME = "build.lock"
 # A scratch directory without a lock file (a build killed between creating the directory and its
-# lock, or one from before the lock existed), or any one where flock is missing, counts as stale
-# once it is this old: a live build writes its lock file a moment after creating the directory.
+# lock, or one from before the lock existed) counts as stale once it is this old: a running build
+# writes its lock file a moment after creating the directory.
 UNLOCKED_STALE_AFTER_S = 600.0
 
 
@@ -75,8 +75,10 @@ def _builder_gone(scratch: Path) -> bool:
     """Whether no running process owns ``scratch``: its lock can be taken (the owner died and the
     system released it), or, without a lock to test, the directory is old."""
     lock_path = scratch / LOCK_NAME
-    if fcntl is None or not lock_path.is_file():
+    if not lock_path.is_file():
         return time.time() - scratch.stat().st_mtime > UNLOCKED_STALE_AFTER_S
+    if fcntl is None:  # no way to tell a running build from a killed one: leave it
+        return False
     with open(lock_path) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
