@@ -24,6 +24,9 @@ configurations of :mod:`cdp_jax.paper`):
   ``contraction.contraction_regulariser`` with ``paper.PAPER_IL["contraction"]``. d = 3:
   DQLMlp(11, 3), batch 256; d = 7: PearceMlp(7, To=2, emb 128, hidden 512) and
   PearceObsCondition(19), batch 512; d = 112: DQLMlp(11, 112) (a 16 x 7 chunk flattened), 256.
+* ``rl_step/fast``, ``il_step/fast``: cdp_jax's ``paper-fast`` / ``paper-il-fast`` step (the
+  official penalty by Hutchinson probes on a subsample, :data:`cdp_jax.paper.PAPER_FAST_PENALTY`)
+  against the official step with its penalty at weight 0.1 (it has no fast variant).
 * ``il_step/penalty``, ``il_step/off``: one IL update on lift shapes (obs (512, 2, 19), action
   (512, 7)). Official: ``agent.update(action, obs)`` of source/contractive_diffusion's
   ``DiscreteDiffusionSDE`` with the Pearce networks, ``jacobian_weight`` 0.1 or 0 (the Jacobian is
@@ -73,10 +76,11 @@ REPO = Path(__file__).resolve().parent.parent
 MATMUL_N = 2048
 NUM_ROWS = 4096  # rows of the random "dataset" cdp_jax's training rows draw batches from
 # name -> unit; the unit says how a worker's seconds per unit are shown
-ROWS = {"rl_step/penalty": "steps/s", "rl_step/off": "steps/s",
+ROWS = {"rl_step/penalty": "steps/s", "rl_step/fast": "steps/s", "rl_step/off": "steps/s",
         **{f"sample_2m/{b}": "ms" for b in (1, 100, 1000, 10000)},
         **{f"penalty/{d}": "ms" for d in (3, 7, 112)},
-        "il_step/penalty": "steps/s", "il_step/off": "steps/s", "matmul": "GFLOP/s"}
+        "il_step/penalty": "steps/s", "il_step/fast": "steps/s", "il_step/off": "steps/s",
+        "matmul": "GFLOP/s"}
 PINNED = {"official": "5a39a66", "cleandiffuser": "05f17fc"}
 
 
@@ -95,21 +99,23 @@ def jax_call(row: str, updates: int):
 
     normal, key = jax.random.normal, jax.random.key
 
-    def rl_config(weight):
+    def rl_config(weight, fast=False):
         task, _ = paper.rl_task_overrides(paper.TASKS["hopper-medium-replay"])
-        penalty = dataclasses.replace(paper.PAPER_PENALTY, weight=weight)
-        return dql.default_config(**{**paper.PAPER_RL, **task, "contraction": penalty})
+        preset = paper.PAPER_RL_FAST if fast else paper.PAPER_RL
+        penalty = dataclasses.replace(preset["contraction"], weight=weight)
+        return dql.default_config(**{**preset, **task, "contraction": penalty})
 
-    def il_config(weight):
-        penalty = dataclasses.replace(paper.PAPER_IL["contraction"], weight=weight)
-        return dbc.default_config(**{**paper.PAPER_IL, "contraction": penalty})
+    def il_config(weight, fast=False):
+        preset = paper.PAPER_IL_FAST if fast else paper.PAPER_IL
+        penalty = dataclasses.replace(preset["contraction"], weight=weight)
+        return dbc.default_config(**{**preset, "contraction": penalty})
 
     family, _, arg = row.partition("/")
-    weight = {"penalty": 0.1, "off": 0.0}.get(arg)
+    weight, fast = {"penalty": 0.1, "fast": 0.1, "off": 0.0}.get(arg), arg == "fast"
     if row == "matmul":
         return jax.jit(lambda a: a @ a), (normal(key(3), (MATMUL_N, MATMUL_N)),), 1
     if family == "rl_step":
-        config = rl_config(weight)
+        config = rl_config(weight, fast)
         k = jax.random.split(key(2), 5)
         arrays = {"observations": normal(k[0], (NUM_ROWS, 11)),
                   "actions": jax.random.uniform(k[1], (NUM_ROWS, 3), minval=-1, maxval=1),
@@ -119,7 +125,7 @@ def jax_call(row: str, updates: int):
         state = dql.init(key(1), config, 11, 3)
         return jax.jit(training.make_train_chunk(dql, updates, 256)), (state, arrays, key(0)), updates
     if family == "il_step":
-        config = il_config(weight)
+        config = il_config(weight, fast)
         arrays = {"observations": normal(key(4), (NUM_ROWS, 2, 19)),
                   "actions": jax.random.uniform(key(5), (NUM_ROWS, 1, 7), minval=-1, maxval=1)}
         state = dbc.init(key(1), config, 19, 7)

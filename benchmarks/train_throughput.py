@@ -16,7 +16,11 @@ Rows (issue 5, and issue 8 for the UNet):
   in-window sample of the batch, CleanDiffuser's grid) on hopper shapes, batch 256, with the
   penalty (weight 0.1) or with weight 0;
 * ``paper_il/penalty`` and ``paper_il/off``: the ``paper-il`` update (Pearce backbone, exact
-  penalty on the whole batch) on lift shapes, batch 512.
+  penalty on the whole batch) on lift shapes, batch 512;
+* ``paper/<est>_m<m>_p<p>``, ``paper_il/<est>_m<m>_p<p>``: the same updates with the fast
+  presets' kind of penalty (``paper-fast`` / ``paper-il-fast``): estimator ``hutch`` (Hutchinson:
+  one JVP and one VJP per probe) or ``jvp`` (forward-mode probe pairs), ``p`` probes (pairs) on
+  ``m`` of the penalised samples (:data:`FAST_GRID`; the presets' own settings are among them).
 
 Each row is a jitted :func:`cdp_jax.training.make_train_chunk`: ``--updates`` gradient steps inside
 one ``lax.scan``, batches drawn on device from random arrays. Everything is compiled first, then the
@@ -65,6 +69,12 @@ NUM_ROWS = 4096  # rows of the random "dataset" the batches are drawn from
 PENALTY_10 = contraction.ContractionConfig(weight=0.1)
 PENALTY_ALL = contraction.ContractionConfig(weight=0.1, window=1.0, num_penalised=1.0)
 OFF = contraction.ContractionConfig(weight=0.0)
+FAST_GRID = {"paper": [("hutchinson", 8, 1), ("hutchinson", 16, 1), ("hutchinson", 32, 1),
+                       ("jvp_pairs", 16, 1), ("jvp_pairs", 32, 1)],
+             "paper_il": [("hutchinson", 4, 1), ("hutchinson", 8, 1), ("hutchinson", 16, 1),
+                          ("hutchinson", 8, 2), ("jvp_pairs", 4, 1), ("jvp_pairs", 8, 1),
+                          ("jvp_pairs", 16, 1)]}
+SHORT = {"hutchinson": "hutch", "jvp_pairs": "jvp"}
 
 
 def transitions(key, obs_dim, action_dim):
@@ -100,6 +110,21 @@ def rows(unet_hidden: int):
         out[f"paper_il/{name}"] = (dbc, dbc.default_config(**{**paper.PAPER_IL,
                                                               "contraction": il_penalty}),
                                    19, 7, 512, lambda k: windows(k, 2, 19, 1, 7))
+    # The fast presets' penalty (Hutchinson probes on m of the penalised samples) for a grid of
+    # (m, probes): the cost half of docs/MATH.md's variance-versus-cost table.
+    for estimator, m, probes in FAST_GRID["paper"]:
+        penalty = dataclasses.replace(paper.PAPER_FAST_PENALTY, frobenius_estimator=estimator,
+                                      num_penalised=m, num_probes=probes)
+        out[f"paper/{SHORT[estimator]}_m{m}_p{probes}"] = (
+            dql, dql.default_config(**{**paper.PAPER_RL, "contraction": penalty}), 11, 3, 256,
+            lambda k: transitions(k, 11, 3))
+    for estimator, m, probes in FAST_GRID["paper_il"]:
+        penalty = dataclasses.replace(paper.PAPER_IL_FAST["contraction"],
+                                      frobenius_estimator=estimator, num_penalised=m,
+                                      num_probes=probes)
+        out[f"paper_il/{SHORT[estimator]}_m{m}_p{probes}"] = (
+            dbc, dbc.default_config(**{**paper.PAPER_IL, "contraction": penalty}), 19, 7, 512,
+            lambda k: windows(k, 2, 19, 1, 7))
     for action_dim, obs_dim in ((4, 28), (7, 19)):
         for name, penalty in (("penalty_10%", PENALTY_10), ("off", OFF)):
             config = dbc.default_config(actor_network="unet", hidden_dim=unet_hidden, depth=3,

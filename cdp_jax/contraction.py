@@ -170,7 +170,7 @@ def exact_max_sym_eigenvalue(fn: Callable, x: jax.Array) -> jax.Array:
 
 
 FROBENIUS_SCALES = {"dim": lambda d: d, "dim_squared": lambda d: d * d}
-FROBENIUS_ESTIMATORS = ("hutchinson", "exact")
+FROBENIUS_ESTIMATORS = ("hutchinson", "jvp_pairs", "exact")
 
 
 def sym_jacobian_frobenius(fn: Callable, x: jax.Array, key: jax.Array, *, shift: float = 0.1,
@@ -376,7 +376,16 @@ def _chunk_size(n: int, floats_per_sample: int) -> int:
     return max(c for c in range(1, min(cap, n) + 1) if n % c == 0)
 
 
-def _exact_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction):
+def _batched_target(config, denoiser, schedule, t, cond, prediction) -> Callable:
+    """The penalised map on a whole batch, ``(n, *event) -> (n, *event)``. Each sample's output
+    depends on its own input only, so its Jacobian is block diagonal: one JVP (VJP) of it with a
+    batch of tangents (cotangents) gives every sample's ``J_b v_b`` (``J_b^T v_b``) at once."""
+    if config.target == "drift":
+        return lambda y: probability_flow_drift(denoiser(y, t, cond), prediction, schedule, y, t)
+    return lambda y: denoiser(y, t, cond)
+
+
+def _exact_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction, key=None):
     """The exact Frobenius penalty of every sample of a batch at once.
 
     The Jacobians ``(n, d, d)`` come from one forward pass of the batched target and ``d`` batched
@@ -392,12 +401,7 @@ def _exact_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction):
 
     def values_of(x, t, cond):
         m_shape = x.shape
-        if config.target == "drift":
-            def fn(y):
-                return probability_flow_drift(denoiser(y, t, cond), prediction, schedule, y, t)
-        else:
-            def fn(y):
-                return denoiser(y, t, cond)
+        fn = _batched_target(config, denoiser, schedule, t, cond, prediction)
         m = m_shape[0]
         flat = lambda y: fn(y.reshape(m_shape)).reshape(m, d)
         out, vjp = jax.vjp(flat, x.reshape(m, d))
@@ -419,6 +423,67 @@ def _exact_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction):
                                     jax.tree_util.tree_map(split, (x, t, cond)))
         values, norms = values.reshape(n), norms.reshape(n)
     return values, {"sym_jacobian_norm": norms}
+
+
+def _hutchinson_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction, key):
+    """Hutchinson estimates of the Frobenius penalty of every sample of a batch, matrix-free.
+
+    Per sample ``b`` and Rademacher probe ``z`` (``E[z z^T] = I``): ``||M_b z||^2 / n(d)`` with
+    ``M_b = 0.5 (J_b + J_b^T) + shift I``, averaged over ``config.num_probes`` probes; unbiased for
+    ``||M_b||_F^2 / n(d)``, and so is its parameter gradient (the probes do not depend on the
+    parameters). Cost: one linearisation and per probe one JVP and one VJP of the batched target
+    (the network on its own batch, see :func:`_batched_target`), against ``d`` VJPs for the exact
+    penalty; no ``d x d`` matrix is formed. Probes are drawn once, ``(num_probes, n, d)``, from ``key``.
+    """
+    shape = x.shape
+    n, d = shape[0], math.prod(shape[1:])
+    fn = _batched_target(config, denoiser, schedule, t, cond, prediction)
+    flat = lambda y: fn(y.reshape(shape)).reshape(n, d)
+    xf = x.reshape(n, d)
+    # One linearisation serves both products: the JVP and its transpose (the VJP) share the
+    # forward pass (a jvp plus a separate vjp would run the network forward twice; at the fast
+    # presets' few samples each pass costs about as much as reading the weights once).
+    _, jvp = jax.linearize(flat, xf)
+    vjp = jax.linear_transpose(jvp, xf)
+    probes = jax.random.rademacher(key, (config.num_probes, n, d), xf.dtype)
+
+    def squared_norms(z):
+        mz = 0.5 * (jvp(z) + vjp(z)[0]) + config.frobenius_lambda * z
+        return jnp.sum(jnp.square(mz), axis=1)
+
+    values = jnp.mean(jax.vmap(squared_norms)(probes), axis=0)
+    return values / FROBENIUS_SCALES[config.frobenius_scale](d), {}
+
+
+def _jvp_pairs_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction, key):
+    """Forward-mode-only estimates of the Frobenius penalty of every sample of a batch.
+
+    With ``S = 0.5 (J + J^T)``: ``||S + shift I||_F^2 = 0.5 ||J||_F^2 + 0.5 tr(J^2)
+    + 2 shift tr(J) + shift^2 d``, and for independent Rademacher ``z, w``:
+    ``E ||J z||^2 = ||J||_F^2``, ``E (z . J w)(w . J z) = tr(J^2)``, ``E z . J z = tr(J)``. So one
+    pair of JVPs (``J z``, ``J w``: both tangents through one linearisation, one batched tangent
+    pass) gives an unbiased estimate without the transposed product, which costs a second pass
+    through the network and its own backward pass. Per-sample estimates can be negative (their
+    mean is the penalty); more variance per pair than :func:`_hutchinson_frobenius_batch` per
+    probe. ``config.num_probes`` pairs, averaged.
+    """
+    shape = x.shape
+    n, d = shape[0], math.prod(shape[1:])
+    fn = _batched_target(config, denoiser, schedule, t, cond, prediction)
+    flat = lambda y: fn(y.reshape(shape)).reshape(n, d)
+    xf = x.reshape(n, d)
+    _, jvp = jax.linearize(flat, xf)
+    z, w = jax.random.rademacher(key, (2, config.num_probes, n, d), xf.dtype)
+    jz, jw = jnp.split(jax.vmap(jvp)(jnp.concatenate([z, w])), 2)
+    dot = lambda a, b: jnp.sum(a * b, axis=-1)
+    shift = config.frobenius_lambda
+    values = (0.25 * (dot(jz, jz) + dot(jw, jw)) + 0.5 * dot(z, jw) * dot(w, jz)
+              + shift * (dot(z, jz) + dot(w, jw)) + shift**2 * d)
+    return jnp.mean(values, axis=0) / FROBENIUS_SCALES[config.frobenius_scale](d), {}
+
+
+BATCHED_FROBENIUS = {"exact": _exact_frobenius_batch, "hutchinson": _hutchinson_frobenius_batch,
+                     "jvp_pairs": _jvp_pairs_frobenius_batch}
 
 
 def select_in_window(config: ContractionConfig, schedule: Schedule, t: jax.Array, key: jax.Array):
@@ -476,9 +541,9 @@ def contraction_regulariser(config: ContractionConfig, denoiser: Callable, sched
         fn = target_function(config.target, denoiser, schedule, t_i, cond_b, prediction)
         return penalty_fn(fn, x, k, config)
 
-    if config.penalty == "frobenius" and config.frobenius_estimator == "exact":
-        values, extras = _exact_frobenius_batch(config, denoiser, schedule, x_sel, t_sel, cond_sel,
-                                                prediction)
+    if config.penalty == "frobenius":
+        values, extras = BATCHED_FROBENIUS[config.frobenius_estimator](
+            config, denoiser, schedule, x_sel, t_sel, cond_sel, prediction, key_est)
     else:
         keys = jax.random.split(key_est, idx.shape[0])
         values, extras = jax.vmap(per_sample)(x_sel, t_sel, cond_sel, keys)

@@ -78,6 +78,28 @@ PAPER_IL_TRAIN = {
 }
 
 
+# The fast presets ("paper-fast", "paper-il-fast"): the same pipelines and the same objective, the
+# mean over the penalised samples of mean((J_sym + 0.1 I)^2), estimated without any Jacobian:
+# forward-mode probe pairs (cdp_jax.contraction, estimator "jvp_pairs": two JVPs through one
+# linearisation per sample, no transposed product) on a random subsample of the in-window samples.
+# Every in-window sample is equally likely to be taken, so the subsample's mean is unbiased for the
+# mean over all of them, and the probe pair for each sample's penalty: for the value and for its
+# parameter gradient (tests/test_fast_penalty.py). Sizes from the variance-versus-cost table of
+# docs/MATH.md ("The fast penalty"): RL 16 of the ~26 in-window samples of a batch of 256, IL 4
+# of the 512; at both, the noise the estimate adds to the actor's gradient is a few percent of
+# the noise of the denoising loss's own draw.
+FAST_ESTIMATOR, FAST_RL_SAMPLES, FAST_IL_SAMPLES, FAST_PROBES = "jvp_pairs", 16, 4, 1
+PAPER_FAST_PENALTY = dataclasses.replace(
+    PAPER_PENALTY, frobenius_estimator=FAST_ESTIMATOR, num_penalised=FAST_RL_SAMPLES,
+    num_probes=FAST_PROBES)
+PAPER_RL_FAST = {**PAPER_RL, "contraction": PAPER_FAST_PENALTY}
+PAPER_IL_FAST = {**PAPER_IL, "contraction": dataclasses.replace(
+    PAPER_IL["contraction"], frobenius_estimator=FAST_ESTIMATOR, num_penalised=FAST_IL_SAMPLES,
+    num_probes=FAST_PROBES)}
+# Presets that take their per-task values from the dataset id (the offline-RL pipeline).
+RL_PRESETS = ("paper", "paper-fast")
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskRow:
     """One task's settings: ``eta`` (Q-loss weight), ``candidate_temperature`` (softmax over the

@@ -261,7 +261,8 @@ def load_policy(run_dir, step: int | str | None = None):
 # minutes on 2 CPU cores, contraction weight 0.1); "full" is a paper-scale protocol with cdp_jax's
 # defaults (250k steps, evaluation every 20k steps on 50 episodes with 100 critic-resampled
 # candidates at noise 0.5); "paper" and "paper-il" are the official pipeline (cdp_jax.paper), with
-# per-task values from the dataset id.
+# per-task values from the dataset id; "paper-fast" and "paper-il-fast" the same pipelines with the
+# official penalty estimated without a Jacobian (cdp_jax.paper.PAPER_FAST_PENALTY).
 PRESETS = {
     "quickstart": {
         "train": {"steps": 3000, "eval_every": 1000, "checkpoint_every": 1000},
@@ -280,6 +281,8 @@ PRESETS = {
     },
     "paper": {"train": paper.PAPER_RL_TRAIN, "dql": paper.PAPER_RL},
     "paper-il": {"train": paper.PAPER_IL_TRAIN, "dbc": paper.PAPER_IL},
+    "paper-fast": {"train": paper.PAPER_RL_TRAIN, "dql": paper.PAPER_RL_FAST},
+    "paper-il-fast": {"train": paper.PAPER_IL_TRAIN, "dbc": paper.PAPER_IL_FAST},
 }
 
 
@@ -287,11 +290,11 @@ def preset(preset_name: str, agent: str | None = None, agent_overrides=(),
            **train_overrides) -> tuple[TrainConfig, object]:
     """``(TrainConfig, agent config)`` of a named preset (see :data:`PRESETS`), validated.
 
-    ``agent`` defaults to the preset's first agent (``dql``; ``dbc`` for ``paper-il``).
+    ``agent`` defaults to the preset's first agent (``dql``; ``dbc`` for ``paper-il[-fast]``).
     ``agent_overrides`` are ``"field=value"`` assignments (as ``--set``) applied last;
     ``train_overrides`` replace TrainConfig fields (``name`` defaults to the preset's name).
 
-    ``"paper"`` adds the per-task values of ``train_overrides["dataset"]`` (or the default
+    ``"paper"`` and ``"paper-fast"`` add the per-task values of ``train_overrides["dataset"]`` (or the default
     dataset) from :func:`cdp_jax.paper.task_row`; a dataset with no row raises ``ValueError``
     listing the known ones unless ``agent_overrides`` set ``eta`` and ``candidate_temperature``.
     """
@@ -306,7 +309,7 @@ def preset(preset_name: str, agent: str | None = None, agent_overrides=(),
         raise ValueError(f"Preset {preset_name!r} is for agent(s) {agents}, not {agent!r}.")
     train_fields = {"name": preset_name, "agent": agent, **spec["train"]}
     overrides = dict(spec[agent])
-    if preset_name == "paper":
+    if preset_name in paper.RL_PRESETS:
         dataset = train_overrides.get("dataset", TrainConfig.dataset)
         found = paper.task_row(dataset)
         explicit = {a.split("=", 1)[0].strip() for a in agent_overrides}
