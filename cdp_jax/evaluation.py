@@ -5,7 +5,13 @@ policy call per environment step (per ``n_action`` steps for chunked policies). 
 plays exactly one episode per round; its return stops accumulating at its first ``terminated`` or
 ``truncated`` (vector envs auto-reset, and the steps taken after the end are discarded), so no
 reward is ever added after an episode ended. Success is ``info["success"]`` at any step of the
-episode when the environment reports it, else any positive reward (the Robomimic convention).
+episode; an environment that never reports ``success`` (MuJoCo locomotion) defines none, and its
+``successes`` and ``success_rate`` are ``None`` (``null`` in JSON), not a guess from the rewards.
+
+Start states: episode ``k`` resets its environment with seed ``reset_seeds[k]``, by default
+``seed + k`` (whatever the number of parallel envs), so two evaluations given the same reset seeds
+play from the same start states. Every mean over episodes comes with its standard error
+(:func:`standard_error`: the sample standard deviation over ``sqrt(episodes)``).
 
 :class:`EvalRecord` keeps every evaluation with its protocol (gradient step, episodes, candidates,
 sampler, steps) and writes the last, the best and the running average of the last few to
@@ -19,7 +25,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gymnasium as gym
@@ -43,7 +49,8 @@ def make_vector_env(make_env: Callable[[], gym.Env], num_envs: int, mode: str = 
 
 def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, num_episodes: int,
              obs_fn: Callable = np.asarray, obs_horizon: int | None = None, n_action: int = 1,
-             seed: int = 0, max_episode_steps: int | None = None) -> dict:
+             seed: int = 0, reset_seeds: Sequence[int] | None = None,
+             max_episode_steps: int | None = None) -> dict:
     """Roll out ``policy`` for ``num_episodes`` episodes.
 
     Args:
@@ -56,21 +63,32 @@ def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, nu
       num_episodes: episodes in total (rounds of ``num_envs``; extra episodes are not counted).
       obs_fn: maps the vector env's observation (array or dict) to normalised
         ``(num_envs, obs_dim)``.
-      seed: episode ``i`` of round ``r`` resets with seed ``seed + r * num_envs + i``.
+      seed: episode ``k`` (episode ``i`` of round ``r``: ``k = r * num_envs + i``) resets with
+        seed ``seed + k``.
+      reset_seeds: instead of ``seed``, the reset seed of each episode (``num_episodes`` of them,
+        integers >= 0). The envs of a last, partial round that play no counted episode continue
+        from the largest.
       max_episode_steps: optional cap on top of the environments' own time limits.
 
     Returns:
-      dict with ``returns`` (list, per episode), ``successes``, ``lengths``, ``return_mean``,
-      ``return_std``, ``success_rate``, ``episodes``, and ``timing``: ``wall_s`` of the whole
-      evaluation, ``policy_s`` spent in policy calls (results fetched), ``env_steps`` (every
-      env's steps, those after an episode's end included) and ``policy_calls``.
+      dict with ``returns`` (list, per episode), ``successes`` (list, or ``None`` when the
+      environment reports no success), ``lengths``, ``reset_seeds``, ``return_mean``,
+      ``return_std`` (over episodes), ``return_sem`` (standard error of ``return_mean``),
+      ``success_rate`` (or ``None``), ``length_mean``, ``episodes``, and ``timing``: ``wall_s``
+      of the whole evaluation, ``policy_s`` spent in policy calls (results fetched),
+      ``env_steps`` (every env's steps, those after an episode's end included) and
+      ``policy_calls``.
     """
     num_envs = envs.num_envs
+    rounds = math.ceil(num_episodes / num_envs)
+    reset_seeds = check_reset_seeds(reset_seeds, num_episodes, seed)
+    padded = reset_seeds + [max(reset_seeds) + 1 + j
+                            for j in range(rounds * num_envs - num_episodes)]
     chunked = obs_horizon is not None
-    returns, successes, lengths = [], [], []
+    returns, successes, lengths, reports_success = [], [], [], False
     calls, env_steps, policy_s, start = 0, 0, 0.0, time.perf_counter()
-    for r in range(math.ceil(num_episodes / num_envs)):
-        obs, _ = envs.reset(seed=[seed + r * num_envs + i for i in range(num_envs)])
+    for r in range(rounds):
+        obs, _ = envs.reset(seed=padded[r * num_envs:(r + 1) * num_envs])
         obs = obs_fn(obs)
         history = collections.deque([obs] * (obs_horizon or 1), maxlen=obs_horizon or 1)
         ret = np.zeros(num_envs)
@@ -91,7 +109,9 @@ def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, nu
             active = ~done
             ret += np.where(active, reward, 0.0)
             length += active
-            success |= active & _success(info, reward, num_envs)
+            if (reported := _success(info, num_envs)) is not None:
+                reports_success = True
+                success |= active & reported
             done |= terminated | truncated
             if max_episode_steps is not None:
                 done |= length >= max_episode_steps
@@ -100,20 +120,88 @@ def evaluate(policy: Callable, envs: gym.vector.VectorEnv, key: jax.Array, *, nu
         successes.extend(success.tolist())
         lengths.extend(length.tolist())
     returns, successes, lengths = (x[:num_episodes] for x in (returns, successes, lengths))
-    return {"returns": returns, "successes": successes, "lengths": lengths,
-            "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
-            "success_rate": float(np.mean(successes)), "length_mean": float(np.mean(lengths)),
-            "episodes": len(returns),
+    return {**episode_summary(returns, successes if reports_success else None, lengths,
+                              reset_seeds),
             "timing": {"wall_s": time.perf_counter() - start, "policy_s": policy_s,
                        "env_steps": env_steps, "policy_calls": calls}}
 
 
-def _success(info: dict, reward: np.ndarray, num_envs: int) -> np.ndarray:
-    if "success" in info:
-        value = np.asarray(info["success"], bool).reshape(num_envs)
-        mask = np.asarray(info.get("_success", np.ones(num_envs, bool)), bool).reshape(num_envs)
-        return value & mask
-    return np.asarray(reward) > 0
+def check_reset_seeds(reset_seeds: Sequence[int] | None, num_episodes: int,
+                      seed: int = 0) -> list[int]:
+    """The reset seed of each of ``num_episodes`` episodes: ``reset_seeds`` checked, or
+    ``seed + k`` for episode ``k``. Raises ``ValueError`` naming what was wrong."""
+    if reset_seeds is None:
+        return [seed + k for k in range(num_episodes)]
+    seeds = list(reset_seeds)
+    if len(seeds) != num_episodes:
+        raise ValueError(f"Invalid reset_seeds: {len(seeds)} seeds for {num_episodes} episodes; "
+                         "give one per episode.")
+    if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in seeds):
+        raise ValueError(f"Invalid reset_seeds {seeds}; expected integers >= 0.")
+    return [int(s) for s in seeds]
+
+
+def standard_error(values) -> float | None:
+    """The standard error of ``mean(values)``: ``std(values, ddof=1) / sqrt(n)``; ``None`` for
+    fewer than two values (no spread to estimate it from)."""
+    values = np.asarray(values, np.float64)
+    if values.size < 2:
+        return None
+    return float(np.std(values, ddof=1) / math.sqrt(values.size))
+
+
+def episode_summary(returns, successes, lengths, reset_seeds) -> dict:
+    """Per-episode lists and their means (``successes=None``: the env defines no success)."""
+    returns = [float(x) for x in returns]
+    return {"returns": returns, "successes": None if successes is None else
+            [bool(x) for x in successes], "lengths": [int(x) for x in lengths],
+            "reset_seeds": [int(x) for x in reset_seeds],
+            "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+            "return_sem": standard_error(returns),
+            "success_rate": None if successes is None else float(np.mean(successes)),
+            "length_mean": float(np.mean(lengths)), "episodes": len(returns)}
+
+
+def normalized_summary(scores) -> dict:
+    """``normalized_scores`` (per episode), their mean, standard deviation and standard error."""
+    scores = np.asarray(scores, np.float64)
+    return {"normalized_scores": scores.tolist(), "normalized_score": float(scores.mean()),
+            "normalized_score_std": float(scores.std()),
+            "normalized_score_sem": standard_error(scores)}
+
+
+def _success(info: dict, num_envs: int) -> np.ndarray | None:
+    """This step's success per env, ``None`` if no env reported one."""
+    if "success" not in info:
+        return None
+    value = np.asarray(info["success"], bool).reshape(num_envs)
+    mask = np.asarray(info.get("_success", np.ones(num_envs, bool)), bool).reshape(num_envs)
+    return value & mask
+
+
+PER_EPISODE = ("returns", "successes", "normalized_scores", "reset_seeds")
+
+
+def _without_episodes(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k not in PER_EPISODE}
+
+
+def sem_key(key: str) -> str:
+    """The standard error's key of a mean's: ``normalized_score_sem``, ``return_sem``."""
+    return key.removesuffix("_mean") + "_sem"
+
+
+def format_score(entry: dict, key: str) -> str:
+    """``"19.1 ± 2.3 s.e."``: an evaluation's mean ``key`` and its standard error over episodes
+    (the mean alone when it has none)."""
+    sem = entry.get(sem_key(key))
+    return f"{entry[key]:.1f}" + ("" if sem is None else f" ± {sem:.1f} s.e.")
+
+
+def format_success(entry: dict, prefix: str = ", ") -> str:
+    """``", success rate 0.80"``, or nothing for an environment without success."""
+    rate = entry.get("success_rate")
+    return "" if rate is None else f"{prefix}success rate {rate:.2f}"
 
 
 class EvalRecord:
@@ -140,22 +228,27 @@ class EvalRecord:
         return entry
 
     def summary(self) -> dict:
+        """The last and the best evaluation (without the per-episode lists) and the running
+        average of the last ``average_last``: its metric, the metric's standard error (from the
+        evaluations' own, which are independent: ``sqrt(sum sem_i^2) / n``), and the success rate
+        (``None`` unless every evaluation averaged has one)."""
         if not self.history:
             return {}
         key = "normalized_score" if "normalized_score" in self.history[-1] else "return_mean"
         last = self.history[-1]
         best = max(self.history, key=lambda e: e[key])
         recent = self.history[-self.average_last:]
-        proto = {k: v for k, v in last.items()
-                 if k not in ("returns", "successes", "normalized_scores")}
+        sems = [e.get(sem_key(key)) for e in recent]
+        rates = [e.get("success_rate") for e in recent]
         return {
             "metric": key,
-            "last": proto,
-            "best": {k: v for k, v in best.items()
-                     if k not in ("returns", "successes", "normalized_scores")},
+            "last": _without_episodes(last),
+            "best": _without_episodes(best),
             "running_average": {
                 key: float(np.mean([e[key] for e in recent])),
-                "success_rate": float(np.mean([e["success_rate"] for e in recent])),
+                sem_key(key): (None if None in sems else
+                               float(math.sqrt(sum(x * x for x in sems)) / len(sems))),
+                "success_rate": None if None in rates else float(np.mean(rates)),
                 "gradient_steps": [e["gradient_step"] for e in recent],
                 "evaluations": len(recent),
             },

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import time
 
-import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +32,7 @@ from cdp_jax.training import (
     check_fresh_or_resume,
     check_state_finite,
     eval_protocol,
+    eval_reset_seeds,
     init_seeds,
     lr_schedule_note,
     make_eval_envs,
@@ -72,26 +72,19 @@ def stack_padded(per_seed: list[dict]) -> tuple[dict, np.ndarray]:
     return jax.tree.map(lambda *xs: np.stack([pad(np.asarray(x)) for x in xs]), *per_seed), counts
 
 
-class SeedBlockResets(gym.vector.VectorWrapper):
-    """``S`` blocks of ``E`` envs; block ``n`` is reset with the seeds a single-seed evaluation of
-    seed ``seeds[n]`` uses (``100_000 seed + r E + i`` in round ``r``), so the rollout of all seeds
-    together plays the episodes of the separate runs. Expects ``evaluate(..., seed=0)``."""
-
-    def __init__(self, envs, seeds, envs_per_seed: int):
-        super().__init__(envs)
-        self.seeds, self.envs_per_seed = tuple(seeds), envs_per_seed
-
-    def reset(self, *, seed=None, options=None):
-        if isinstance(seed, (list, tuple)):
-            r, e = seed[0] // self.num_envs, self.envs_per_seed
-            seed = [s * 100_000 + r * e + i for s in self.seeds for i in range(e)]
-        return self.env.reset(seed=seed, options=options)
+def block_reset_seeds(seeds, envs_per_seed: int, episodes: int) -> list[int]:
+    """The reset seeds of a rollout of ``S`` blocks of ``E`` envs in which block ``n`` plays the
+    episodes of a single-seed evaluation of ``seeds[n]`` (:func:`eval_reset_seeds`: episode
+    ``r E + i`` of round ``r``), ``ceil(episodes / E)`` rounds, in the order the envs reset."""
+    e, rounds = envs_per_seed, -(-episodes // envs_per_seed)
+    per_seed = [eval_reset_seeds(s, rounds * e) for s in seeds]
+    return [block[r * e + i] for r in range(rounds) for block in per_seed for i in range(e)]
 
 
 def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config: TrainConfig, seeds,
                    step: int) -> list[dict]:
     """All seeds in one vectorised rollout (``S x E`` envs, one vmapped ``act`` per env step);
-    per seed the same keys, env seeds and result dict as :func:`run_evaluation`."""
+    per seed the same keys, reset seeds and result dict as :func:`run_evaluation`."""
     agent_config, num, per = states.config, len(seeds), config.eval_envs
     windows = DATA[agent_name] == "windows"
     flat = lambda o: dataset_lib.flatten_observation(o, data.obs_keys).reshape(num, per, -1)
@@ -111,24 +104,22 @@ def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config: TrainC
     out = evaluation.evaluate(
         policy, envs, keys[0], num_episodes=rounds * num * per, obs_fn=obs_fn,
         obs_horizon=agent_config.obs_horizon if windows else None,
-        n_action=agent_config.n_action if windows else 1, seed=0,
+        n_action=agent_config.n_action if windows else 1,
+        reset_seeds=block_reset_seeds(seeds, per, config.eval_episodes),
         max_episode_steps=config.max_episode_steps)
-    results = []
     # (round, seed, env) -> per seed, episodes in the order of a single-seed evaluation
+    names = ("returns", "lengths", "reset_seeds") + ("successes",) * (out["successes"] is not None)
     by_seed = {name: np.moveaxis(np.asarray(out[name]).reshape(rounds, num, per), 1, 0)
-               .reshape(num, -1)[:, :config.eval_episodes] for name in ("returns", "successes",
-                                                                        "lengths")}
+               .reshape(num, -1)[:, :config.eval_episodes] for name in names}
+    results = []
     for n in range(num):
-        returns, successes, lengths = (by_seed[k][n] for k in ("returns", "successes", "lengths"))
-        result = {"returns": returns.tolist(), "successes": successes.tolist(),
-                  "lengths": lengths.tolist(), "return_mean": float(np.mean(returns)),
-                  "return_std": float(np.std(returns)), "success_rate": float(np.mean(successes)),
-                  "length_mean": float(np.mean(lengths)), "episodes": len(returns),
-                  "timing": {**out["timing"], "seeds": num}}  # the joint rollout of all seeds
+        successes = by_seed["successes"][n] if "successes" in by_seed else None
+        result = evaluation.episode_summary(by_seed["returns"][n], successes,
+                                            by_seed["lengths"][n], by_seed["reset_seeds"][n])
+        result["timing"] = {**out["timing"], "seeds": num}  # the joint rollout of all seeds
         if data.ref_min_score is not None and data.ref_max_score is not None:
-            scores = minari.normalized_score(data, result["returns"])
-            result.update(normalized_scores=scores.tolist(), normalized_score=float(scores.mean()),
-                          normalized_score_std=float(scores.std()))
+            result.update(evaluation.normalized_summary(
+                minari.normalized_score(data, result["returns"])))
         results.append(result)
     return results
 
@@ -175,8 +166,7 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
     parallel.check_memory(max((p[0] for p in prepared), key=buffer.num_rows),
                           config.updates_per_call, config.batch_size,
                           mesh.size if parallel_mode == "data" else 1, -(-len(seeds) // split_seeds))
-    envs = SeedBlockResets(make_eval_envs(data, dataclasses.replace(
-        config, eval_envs=config.eval_envs * len(seeds))), seeds, config.eval_envs)
+    envs = make_eval_envs(data, dataclasses.replace(config, eval_envs=config.eval_envs * len(seeds)))
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)
         for c, m in zip(configs, ckpts, strict=True):

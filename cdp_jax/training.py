@@ -181,23 +181,38 @@ def eval_protocol(agent_name: str, agent_config, config: TrainConfig) -> dict:
     }
 
 
-def run_evaluation(act_fn, agent_name, state, data, norm, envs, config: TrainConfig, step: int):
-    """One evaluation at ``step``: returns, success rate and normalised score (if defined)."""
+# A run of seed s resets its evaluation episode k with seed RESET_SEED_STRIDE * s + k, at every
+# evaluation: its evaluations (and those of evaluate.py --seed s) share their start states, and
+# seeds below 1000 with fewer than 100,000 episodes never share one.
+RESET_SEED_STRIDE = 100_000
+
+
+def eval_reset_seeds(seed: int, episodes: int) -> list[int]:
+    """The reset seeds of a run's evaluation episodes: ``100_000 seed + k`` for episode ``k``."""
+    return [RESET_SEED_STRIDE * seed + k for k in range(episodes)]
+
+
+def run_evaluation(act_fn, agent_name, state, data, norm, envs, config: TrainConfig, step: int,
+                   reset_seeds=None):
+    """One evaluation at ``step``: returns, success rate (if defined) and normalised score (if
+    defined), each mean with its standard error. Episode ``k`` starts from reset seed
+    ``reset_seeds[k]`` (default :func:`eval_reset_seeds` of ``config.seed``); the policy's key is
+    ``fold_in(PRNGKey(config.seed + 1_000_003), step)``."""
     agent_config = state.config
     windows = DATA[agent_name] == "windows"
     obs_fn = lambda o: np.asarray(
         norm.normalize(dataset_lib.flatten_observation(o, data.obs_keys)), np.float32)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1_000_003), step)
+    if reset_seeds is None:
+        reset_seeds = eval_reset_seeds(config.seed, config.eval_episodes)
     result = evaluation.evaluate(
         make_policy(act_fn, state), envs, key, num_episodes=config.eval_episodes,
         obs_fn=obs_fn, obs_horizon=agent_config.obs_horizon if windows else None,
-        n_action=agent_config.n_action if windows else 1, seed=config.seed * 100_000,
+        n_action=agent_config.n_action if windows else 1, reset_seeds=reset_seeds,
         max_episode_steps=config.max_episode_steps)
     if data.ref_min_score is not None and data.ref_max_score is not None:
-        scores = minari.normalized_score(data, result["returns"])
-        result["normalized_scores"] = scores.tolist()
-        result["normalized_score"] = float(scores.mean())
-        result["normalized_score_std"] = float(scores.std())
+        result.update(evaluation.normalized_summary(
+            minari.normalized_score(data, result["returns"])))
     return result
 
 
@@ -302,8 +317,10 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
                 entry = record.add(step, result, protocol)
                 logger.log_eval(step, entry)
                 score = entry.get("normalized_score", entry["return_mean"])
-                logger.write(f"step {step}: normalized score {score:.1f}, success rate "
-                             f"{entry['success_rate']:.2f}")
+                metric = "normalized_score" if "normalized_score" in entry else "return_mean"
+                logger.write(f"step {step}: {metric.replace('_', ' ')} "
+                             f"{evaluation.format_score(entry, metric)}"
+                             f"{evaluation.format_success(entry)}")
             if due_save:
                 logger.flush()  # the events up to a checkpoint are on disk before it exists
                 ckpt.save(step, parallel.to_host({"state": state, "rng": key_train}),

@@ -4,10 +4,19 @@
     python experiments/evaluate.py runs/quickstart --checkpoint best --episodes 50 --envs 10
     python experiments/evaluate.py runs/quickstart --candidates 100 --noise-temperature 0.5
     python experiments/evaluate.py runs/quickstart --set sampler=ddim --set sampler_steps=10
+    python experiments/evaluate.py runs/quickstart --reset-seeds 0-49 --tag starts0
 
 Writes ``<run>/eval_<checkpoint step>_<tag>.json`` with the protocol next to every number and
-prints the normalised score and success rate. An existing result is never replaced silently: give
-each protocol its own ``--tag`` (e.g. ``--tag ddim10``), or pass ``--overwrite``.
+prints the normalised score (the return's mean where the dataset has no reference scores) ± its
+standard error over the episodes, and the success rate where the environment reports success. An
+existing result is never replaced silently: give each protocol its own ``--tag`` (e.g. ``--tag
+ddim10``), or pass ``--overwrite``.
+
+Start states: episode ``k`` resets its environment with seed ``100000 SEED + k``, where SEED is
+``--seed`` (default: the run's own seed, so by default the episodes start where the run's own
+evaluations started). ``--reset-seeds`` gives the reset seed of every episode instead (and so the
+number of episodes): two runs evaluated with the same ``--reset-seeds`` play from the same start
+states. The record lists each episode's reset seed (``reset_seeds``).
 
 Errors in the input (a missing run, a bad ``--checkpoint``, a damaged checkpoint, an invalid
 value) are printed as one ``error: ...`` line with exit status 2.
@@ -23,7 +32,7 @@ from pathlib import Path
 
 import jax
 
-from cdp_jax import checkpoint, cli, evaluation, run_config, training
+from cdp_jax import checkpoint, cli, evaluation, multi_seed, run_config, training
 from cdp_jax.agents import common
 from cdp_jax.data import minari
 
@@ -42,6 +51,24 @@ def checkpoint_arg(text: str):
     return step
 
 
+def reset_seeds_arg(text: str) -> tuple[int, ...]:
+    """``--reset-seeds``: ``0-49``, ``0,3,5`` or a mix (``0-9,100``): distinct integers >= 0."""
+    try:
+        return multi_seed.parse_seeds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected distinct integers >= 0 such as '0-49', '0,3,5' "
+            "or '0-9,100'") from None
+
+
+def describe_seeds(seeds) -> str:
+    """``"0-49"`` for a contiguous run of seeds, else ``"0,3,5"``."""
+    seeds = list(seeds)
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 1:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,13 +85,26 @@ def parse_args(argv=None):
                         help="initial-noise scale of the sampler (official: 0.5)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override an agent field used by act (sampler, sampler_steps, ...)")
-    parser.add_argument("--seed", type=int, default=None, help="evaluation seed")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="evaluation seed: the policy's sampling key and, without "
+                             "--reset-seeds, the start states (episode k resets with seed "
+                             "100000 SEED + k); default: the run's seed, whose start states its "
+                             "own evaluations used")
+    parser.add_argument("--reset-seeds", type=reset_seeds_arg, default=None, metavar="SEEDS",
+                        help="the reset seed of every episode, e.g. 0-49 or 0,3,5 (one episode "
+                             "each; --episodes, if given, must match): evaluate two runs on the "
+                             "same start states")
     parser.add_argument("--tag", default="eval", help="suffix of the output file name")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing result file of the same checkpoint and tag")
     args = parser.parse_args(argv)
     if not args.tag or any(c in args.tag for c in "/\\") or args.tag in (".", ".."):
         parser.error(f"argument --tag: invalid value {args.tag!r}: a plain file-name part")
+    if args.reset_seeds is not None:
+        if args.episodes not in (None, len(args.reset_seeds)):
+            parser.error(f"argument --episodes: {args.episodes} episodes, but --reset-seeds gives "
+                         f"{len(args.reset_seeds)} (one episode per reset seed); drop --episodes")
+        args.episodes = len(args.reset_seeds)
     return args
 
 
@@ -98,18 +138,19 @@ def main(argv=None) -> int:
     agent = training.get_agent(config.agent)
     try:
         result = training.run_evaluation(jax.jit(agent.act), config.agent, state, data, norm,
-                                         envs, config, meta["step"])
+                                         envs, config, meta["step"], args.reset_seeds)
     finally:
         envs.close()
     protocol = training.eval_protocol(config.agent, agent_config, config)
     record = evaluation.EvalRecord(out, average_last=1)
     entry = record.add(meta["step"], result, protocol)
     key = "normalized_score" if "normalized_score" in entry else "return_mean"
-    print(json.dumps({k: v for k, v in entry.items() if k not in ("returns", "successes",
-                                                                  "normalized_scores")}, indent=2))
-    print(f"{key}: {entry[key]:.1f}  success rate: {entry['success_rate']:.2f}  "
-          f"(step {meta['step']}, {entry['episodes']} episodes, {protocol['candidates']} "
-          f"candidates) -> {out}")
+    print(json.dumps({k: v for k, v in entry.items() if k not in evaluation.PER_EPISODE},
+                     indent=2))
+    print(f"{key}: {evaluation.format_score(entry, key)}"
+          f"{evaluation.format_success(entry, '  ')}  "
+          f"(step {meta['step']}, {entry['episodes']} episodes from reset seeds "
+          f"{describe_seeds(entry['reset_seeds'])}, {protocol['candidates']} candidates) -> {out}")
     return 0
 
 

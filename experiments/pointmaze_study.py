@@ -286,12 +286,12 @@ def collect_cell(cell: Cell, args) -> dict | None:
                 solver[str(steps)] = json.loads(path.read_text())
         diag_path = seed_dir / "diagnostics.json"
         seeds[str(seed)] = {
-            "last": {k: ev["last"][k] for k in ("gradient_step", "normalized_score",
-                                                 "success_rate")},
-            "best": {k: ev["best"][k] for k in ("gradient_step", "normalized_score",
-                                                 "success_rate")},
-            "running_average": {k: ev["running_average"][k] for k in (
-                "normalized_score", "success_rate", "gradient_steps")},
+            "last": {k: ev["last"].get(k) for k in ("gradient_step", "normalized_score",
+                                                     "normalized_score_sem", "success_rate")},
+            "best": {k: ev["best"].get(k) for k in ("gradient_step", "normalized_score",
+                                                     "normalized_score_sem", "success_rate")},
+            "running_average": {k: ev["running_average"].get(k) for k in (
+                "normalized_score", "normalized_score_sem", "success_rate", "gradient_steps")},
             "curve": [{"step": h["gradient_step"], "normalized_score": h["normalized_score"],
                        "success_rate": h["success_rate"]} for h in history],
             "final_train_log": {k: v for k, v in last_log.items()

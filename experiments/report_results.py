@@ -4,7 +4,9 @@ the paper-protocol study's ``results/paper/*.json``, EDP as the baseline arm).
 Reads what ``experiments/pointmaze_study.py`` collected and writes
 
 * ``results/pointmaze/tables.md``: every cell as mean ± 95% t-interval (seed count), last / best /
-  running-average normalised score and success rate, the verdict of each vanilla-vs-CDP pair, the
+  running-average normalised score (with, where the results hold it, the standard error of one
+  seed's evaluation over its episodes) and success rate (tasks whose environment reports success
+  only), the verdict of each vanilla-vs-CDP pair, the
   paired per-seed difference (same seed, same data subset), the ablation tables, the contraction
   diagnostics, the cells not run yet and the command of every cell. Verdicts: the ``pointmaze``
   layout (the older studies) calls a tie when the two arms' intervals overlap; the ``paper``
@@ -44,6 +46,29 @@ DIAG_KEYS = ("mu_network_lowest", "mu_drift_lowest", "mu_drift_mean", "action_sp
 
 def values(cell: dict, where: str, metric: str) -> list[float]:
     return [s[where][metric] for s in cell["seeds"].values()]
+
+
+def defined(cells, metric: str = "success_rate") -> bool:
+    """Whether every seed of ``cells`` recorded ``metric`` at its last evaluation (a task whose
+    environment reports no success records ``success_rate`` as None)."""
+    return all(s["last"].get(metric) is not None for c in cells for s in c["seeds"].values())
+
+
+def evaluation_sem(cell: dict, where: str, metric: str) -> float | None:
+    """The standard error over episodes of one seed's ``where`` evaluation (root mean square over
+    the seeds), if every seed recorded it (``<metric>_sem``; results collected before it was
+    recorded hold none)."""
+    sems = [s[where].get(metric + "_sem") for s in cell["seeds"].values()]
+    if not sems or None in sems:
+        return None
+    return math.sqrt(float(np.mean(np.square(sems))))
+
+
+def fmt_arm(cell: dict, where: str, metric: str, digits: int = 1) -> str:
+    """``fmt`` of the seeds' values, and the evaluations' standard error in brackets if known."""
+    sem = evaluation_sem(cell, where, metric)
+    text = fmt(values(cell, where, metric), digits)
+    return text if sem is None else f"{text} [s.e. {sem:.{digits}f}]"
 
 
 def diag_values(cell: dict, key: str) -> list[float] | None:
@@ -95,8 +120,9 @@ def paired(base: dict, cell: dict, where: str, metric: str) -> list[float] | Non
 
 def main_table(record: dict, title: str, base: str = "vanilla", rule: str = "overlap",
                no_success: tuple[str, ...] = ()) -> list[str]:
-    """One row per (data, metric) of every group holding both arms; groups named with a prefix
-    in ``no_success`` (tasks without a success signal, e.g. Hopper) get no success rows."""
+    """One row per (data, metric) of every group holding both arms; groups whose environment
+    reports no success (a ``success_rate`` of None; in results written before it was recorded
+    so, groups named with a prefix in ``no_success``, e.g. Hopper) get no success rows."""
     lines = [f"### {title}", "",
              f"| data | metric | {base} | cdp (w = 0.1) | verdict | paired cdp - {base} |",
              "|---|---|---|---|---|---|"]
@@ -106,13 +132,15 @@ def main_table(record: dict, title: str, base: str = "vanilla", rule: str = "ove
             unpaired.append(f"{group} (only {', '.join(arms)})")
             continue
         for where, metric in KEYS:
-            if metric == "success_rate" and _no_success(group, no_success):
+            if metric == "success_rate" and (_no_success(group, no_success)
+                                             or not defined(arms.values())):
                 continue
             a, b = values(arms[base], where, metric), values(arms["cdp"], where, metric)
             digits = 2 if metric == "success_rate" else 1
             diff = paired(arms[base], arms["cdp"], where, metric)
             lines.append(f"| {group} | {metric_label(where, metric, arms[base])} | "
-                         f"{fmt(a, digits)} | {fmt(b, digits)} | "
+                         f"{fmt_arm(arms[base], where, metric, digits)} | "
+                         f"{fmt_arm(arms['cdp'], where, metric, digits)} | "
                          f"{verdict(a, b, base, diff=diff, rule=rule)} | {fmt(diff, digits)} |")
     lines.append("")
     return lines + status_lines(record, unpaired)
@@ -211,13 +239,16 @@ def ablation_table(abl: dict, base_arm: str = "vanilla", rule: str = "overlap",
         v = w = d = e = ""
         if base is not None and cell is not base:
             d_score = paired(base, cell, "running_average", "normalized_score")
-            d_succ = paired(base, cell, "running_average", "success_rate")
             v = verdict(values(base, "running_average", "normalized_score"), ra, base_arm, arm,
                         diff=d_score, rule=rule)
+            d = fmt(d_score)
+        if success and base is not None and cell is not base:
+            d_succ = paired(base, cell, "running_average", "success_rate")
             w = verdict(values(base, "running_average", "success_rate"), succ, base_arm, arm,
                         diff=d_succ, rule=rule)
-            d, e = fmt(d_score), fmt(d_succ, 2)
-        row = [arm, fmt(ra), fmt(values(cell, "last", "normalized_score"))]
+            e = fmt(d_succ, 2)
+        row = [arm, fmt_arm(cell, "running_average", "normalized_score"),
+               fmt_arm(cell, "last", "normalized_score")]
         row += [fmt(succ, 2)] * success
         row += [fmt(diag_values(cell, "mu_network_lowest"), 2), v, d]
         row += [w, e] * success
@@ -281,6 +312,9 @@ def fraction_bars(record: dict, metric: str, path: Path, title: str,
     groups = paired_groups(by, base)
     if not groups:
         return
+    groups = [g for g in groups if defined(by[g].values(), metric)]
+    if not groups:
+        return
     fig, ax = plt.subplots(figsize=(1.4 * len(groups) + 2, 3.2))
     _bar(ax, groups, [base, "cdp"], by, "running_average", metric)
     ax.set_ylabel(metric.replace("_", " ") + " (running avg)")
@@ -314,7 +348,7 @@ def learning_curves(record: dict, metric: str, path: Path, title: str,
                     base: str = "vanilla") -> None:
     plt = _pyplot()
     by = pairs(record)
-    groups = paired_groups(by, base)
+    groups = [g for g in paired_groups(by, base) if defined(by[g].values(), metric)]
     if not groups:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(max(2.8 * len(groups), 4.8), 3.0),
@@ -423,7 +457,9 @@ def main(argv=None) -> int:
     ablations = [(name, r) for name in layout["ablations"] if (r := load(name))]
     lines = [f"# {args.label} studies: generated tables", "",
              f"Written by `python experiments/report_results.py {' '.join(argv or sys.argv[1:])}`"
-             "; mean ± 95% t-interval (seeds).", ""]
+             "; mean ± 95% t-interval (seeds); [s.e. x]: the standard error over its episodes "
+             "of one seed's evaluation (root mean square over the seeds), where recorded; "
+             "success rates only for environments that report success.", ""]
     if offline:
         lines += main_table(offline, "Offline RL: EDP + Diffusion-QL", base, layout["rule"],
                             layout["no_success"])
@@ -447,7 +483,8 @@ def main(argv=None) -> int:
                         "Imitation learning curves (mean ± 95% CI)", base)
     for name, abl in ablations:
         groups = {c["cell"].get("group", "") for c in abl["cells"].values()}
-        success = not any(_no_success(g, layout["no_success"]) for g in groups)
+        success = (not any(_no_success(g, layout["no_success"]) for g in groups)
+                   and defined(abl["cells"].values()))
         lines += ablation_table(abl, layout["ablation_base"].get(name, base), layout["rule"],
                                 success)
         ablation_bars(abl, fig(name))

@@ -47,6 +47,12 @@ checkpoint at STEP instead of the latest, e.g. when the latest is damaged; the l
 are moved to ``checkpoints/discarded/`` and the logs after STEP are dropped. A run directory
 belongs to one process at a time: a second process on it stops with an error.
 
+Evaluation: every evaluation of a run with ``--seed S`` plays ``--eval-episodes`` episodes from
+the same start states: episode ``k`` resets its environment with seed ``100000 S + k`` (also with
+``--seeds``, per seed; ``experiments/evaluate.py`` uses the same by default). Scores are printed as
+the mean over the episodes ± its standard error (``s.e.``); the success rate only for environments
+that report success (not MuJoCo locomotion).
+
 Errors in the input (an invalid value, a missing dataset or run, a damaged checkpoint) are
 printed as one ``error: ...`` line with exit status 2.
 """
@@ -61,7 +67,7 @@ import time
 
 import tqdm
 
-from cdp_jax import cli, multi_seed, paper, parallel, run_config, training
+from cdp_jax import cli, evaluation, multi_seed, paper, parallel, run_config, training
 from cdp_jax.agents import CONFIGS, common
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data import minari
@@ -197,7 +203,8 @@ def main(argv=None) -> int:
         summary = multi_seed.train_seeds(config, agent_config, seeds, args.parallel)
         for seed, ev in summary["eval"].items():
             print(f"seed {seed}: {ev['metric']} (last, step {ev['last']['gradient_step']}) "
-                  f"{ev['last'][ev['metric']]:.1f}; success rate {ev['last']['success_rate']:.2f}")
+                  f"{evaluation.format_score(ev['last'], ev['metric'])}"
+                  f"{evaluation.format_success(ev['last'], '; ')}")
         print(f"mean over {len(seeds)} seeds: {summary['last_mean']:.1f} +- {summary['last_std']:.1f}"
               f" (std); run directories: {summary['run_dir']}/seed_<k>/, summary in seeds.json")
         print(f"wall time: {time.perf_counter() - start:.0f} s")
@@ -210,12 +217,13 @@ def main(argv=None) -> int:
         return 0
     metric = ev["metric"]
     print(json.dumps({"last": {k: ev["last"].get(k) for k in
-                               ("gradient_step", metric, "success_rate", "episodes")},
+                               ("gradient_step", metric, evaluation.sem_key(metric),
+                                "success_rate", "episodes")},
                       "best": {k: ev["best"].get(k) for k in ("gradient_step", metric)},
                       "running_average": ev["running_average"]}, indent=2))
     print(f"{metric} (last evaluation, step {ev['last']['gradient_step']}, "
-          f"{ev['last']['episodes']} episodes): {ev['last'][metric]:.1f}; "
-          f"success rate {ev['last']['success_rate']:.2f}")
+          f"{ev['last']['episodes']} episodes): {evaluation.format_score(ev['last'], metric)}"
+          f"{evaluation.format_success(ev['last'], '; ')}")
     print(f"run directory: {summary['run_dir']} (config.json, metrics.csv, tensorboard events, "
           f"eval.json, environment.json); checkpoints: {summary['checkpoints']}")
     print(f"wall time: {time.perf_counter() - start:.0f} s")

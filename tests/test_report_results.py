@@ -1,0 +1,79 @@
+"""``experiments/report_results.py`` and what evaluations record: a task whose environment reports
+no success (``success_rate`` None) gets no success rows, bars or curves; each evaluation's
+standard error over its episodes stands beside the mean where the results hold it; the result
+files already under ``results/`` (which predate both) still make the same tables."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import report_results  # noqa: E402
+
+
+def _cell(name, group, arm, scores, success=None, sem=None):
+    """A collected cell (``collect_cell``'s layout): per seed a score, a success rate (None: the
+    environment has none) and the evaluations' standard error (None: not recorded)."""
+    seeds = {}
+    for k, score in enumerate(scores):
+        point = {"normalized_score": score, "success_rate": success}
+        if sem is not None:
+            point["normalized_score_sem"] = sem[k]
+        seeds[str(k)] = {"last": {**point, "gradient_step": 20},
+                         "best": {**point, "gradient_step": 20},
+                         "running_average": {**point, "gradient_steps": [10, 20]},
+                         "curve": [{"step": s, "normalized_score": score, "success_rate": success}
+                                   for s in (10, 20)],
+                         "diagnostics": None, "solver_steps": {}, "final_train_log": {}}
+    return name, {"cell": {"name": name, "group": group, "arm": arm}, "seeds": seeds}
+
+
+def test_no_success_rows_and_evaluation_standard_errors(tmp_path, monkeypatch):
+    cells = dict([
+        _cell("walker_base", "walker 10%", "vanilla", [10.0, 12.0], sem=[3.0, 4.0]),
+        _cell("walker_cdp", "walker 10%", "cdp", [20.0, 22.0], sem=[1.0, 7.0]),
+        _cell("umaze_base", "umaze 10%", "vanilla", [30.0, 32.0], success=0.5),
+        _cell("umaze_cdp", "umaze 10%", "cdp", [40.0, 42.0], success=0.75),
+    ])
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("offline_rl", "imitation"):
+        (results / f"{name}.json").write_text(json.dumps({"cells": cells}))
+    (results / "ablations.json").write_text(json.dumps({"cells": dict(list(cells.items())[:2])}))
+    plotted = []
+    for fn in ("fraction_bars", "learning_curves"):
+        real = getattr(report_results, fn)
+        monkeypatch.setattr(report_results, fn, lambda rec, m, path, *a, _real=real, **k: (
+            plotted.append((m, path.name)), _real(rec, m, path, *a, **k)))
+    assert report_results.main(["--results", str(results), "--figures", str(tmp_path / "figs")]) == 0
+    tables = (results / "tables.md").read_text()
+    assert "| walker 10% | success" not in tables  # no success signal: no rows
+    assert "| umaze 10% | success, running avg" in tables
+    rms = lambda *x: np.sqrt(np.mean(np.square(x)))
+    walker = next(r for r in tables.splitlines() if r.startswith("| walker 10% | score, last"))
+    assert f"11.0 ± 12.7 (2) [s.e. {rms(3.0, 4.0):.1f}]" in walker
+    assert f"21.0 ± 12.7 (2) [s.e. {rms(1.0, 7.0):.1f}]" in walker
+    umaze = next(r for r in tables.splitlines() if r.startswith("| umaze 10% | score, last"))
+    assert "s.e." not in umaze  # not recorded
+    ablation = tables[tables.index("### Ablations"):]
+    assert "success" not in ablation.split("\n\n")[1]  # its header: no success columns
+    # the imitation figures plot success (this layout's metric): umaze only
+    assert ("success_rate", "pm_imitation_curves.png") in plotted
+    assert (tmp_path / "figs" / "pm_imitation_curves.png").exists()
+
+
+def test_the_results_already_recorded_still_report(tmp_path):
+    """Files written before ``success_rate`` could be None (Hopper's hold 1.0) and without
+    standard errors: the paper layout still leaves Hopper's success out."""
+    results = tmp_path / "paper"
+    shutil.copytree(ROOT / "results" / "paper", results)
+    assert report_results.main(["--results", str(results), "--figures", str(tmp_path / "figs"),
+                                "--layout", "paper", "--prefix", "paper"]) == 0
+    tables = (results / "tables.md").read_text()
+    assert "| hopper" in tables and not any(
+        r.startswith("| hopper") and "| success" in r for r in tables.splitlines())
