@@ -46,6 +46,7 @@ Tables and figures: ``python experiments/report_results.py --results results/pap
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ import pointmaze_study as study  # noqa: E402
 from cdp_jax import cli  # noqa: E402
 
 ROOT = study.ROOT
-STUDIES = ("rl", "il", "sweep", "quirks")
+STUDIES = ("rl", "il", "sweep", "quirks", "fast")
 # task -> (dataset id, command that builds it)
 RL_TASKS = {
     "umaze": ("cdp/pointmaze/umaze-v0", "make_dataset.py pointmaze --maze umaze"),
@@ -82,11 +83,21 @@ QUIRKS = {"float_embedding": "time_embedding=positional", "polyak_targets": "tau
 # would take 3 hours per cell, so the il cells train for fewer steps than the offline-RL ones.
 IL_STEPS = 5000
 ABLATION_TASK = "hopper-mr"  # the sweep and quirk cells: Hopper medium-replay at 10 %
+# The fast study: the fast presets' arm beside the exact-penalty (cdp) and weight-0 (edp) cells of
+# these rows, which are the rl / il studies' own cells (not rerun). (study, task, fraction).
+# Hopper medium-replay at 10% is left out: its dataset came from a SAC run that cannot be rebuilt
+# (docs/DATASETS.md), and a fast arm on another medium-replay dataset would not pair with the
+# recorded arms.
+FAST_ROWS = (("il", "push", None), ("il", "push", 0.1), ("il", "umaze", None),
+             ("rl", "umaze", None))
+FAST_PRESETS = {"rl": "paper-fast", "il": "paper-il-fast"}
 TITLES = {
     "sweep": "Penalty weight sweep: Hopper medium-replay, 10% of the transitions (weights 0 and "
              "0.1: the rl cells)",
     "quirks": "Official quirks, one at a time: Hopper medium-replay, 10% of the transitions, "
               "weight 0.1 (reference: the rl cdp cell)",
+    "fast": "The fast penalty (paper-fast / paper-il-fast) beside the exact one (cdp) and weight 0 "
+            "(edp)",
 }
 
 
@@ -124,23 +135,41 @@ def cells_for(name: str, tasks: tuple[str, ...], il_steps: int | None = None,
         return out
     if name == "sweep":
         return [_rl_cell("sweep", ABLATION_TASK, 0.1, f"weight={w:g}", w) for w in SWEEP_WEIGHTS]
+    if name == "fast":  # the exact-penalty cell of each row, re-labelled as the fast preset's
+        out = []
+        for kind, task, fraction in FAST_ROWS:
+            if task not in tasks:
+                continue
+            exact = next(c for c in cells_for(kind, (task,), il_steps, il_eval_every)
+                         if c.fraction == fraction and c.arm == "cdp")
+            out.append(dataclasses.replace(exact, study="fast", arm="fast",
+                                           name=exact.name.replace("_cdp", "_fast"),
+                                           preset=FAST_PRESETS[kind]))
+        return out
     if name == "quirks":
         return [_rl_cell("quirks", ABLATION_TASK, 0.1, quirk, study.MAIN_WEIGHT, sets=(setting,))
                 for quirk, setting in QUIRKS.items()]
     raise ValueError(f"Unknown study {name!r}; expected one of {STUDIES}.")
 
 
-def reference_cells(name: str) -> list[study.Cell]:
-    """The ``rl`` cells (Hopper medium-replay 10 %, both arms) a sweep / quirk table compares to."""
-    if name not in ("sweep", "quirks"):
-        return []
-    return [c for c in cells_for("rl", (ABLATION_TASK,)) if c.fraction == 0.1]
+def reference_cells(name: str, tasks=(), il_steps: int | None = None,
+                    il_eval_every: int = 1000) -> list[study.Cell]:
+    """The cells a study's table compares to: a sweep / quirk table the ``rl`` cells of Hopper
+    medium-replay 10 % (both arms), the fast study both arms of each of its rows."""
+    if name in ("sweep", "quirks"):
+        return [c for c in cells_for("rl", (ABLATION_TASK,)) if c.fraction == 0.1]
+    if name == "fast":
+        return [c for kind, task, fraction in FAST_ROWS if task in tasks
+                for c in cells_for(kind, (task,), il_steps, il_eval_every)
+                if c.fraction == fraction]
+    return []
 
 
 def study_cells(name: str, tasks, args) -> list[study.Cell]:
-    """The cells of study ``name`` on ``tasks``, after the rl cells it compares with."""
-    return reference_cells(name) + cells_for(name, tuple(tasks), args.il_steps,
-                                             min(args.eval_every, 1000))
+    """The cells of study ``name`` on ``tasks``, after the cells it compares with."""
+    il_eval_every = min(args.eval_every, 1000)
+    return (reference_cells(name, tuple(tasks), args.il_steps, il_eval_every)
+            + cells_for(name, tuple(tasks), args.il_steps, il_eval_every))
 
 
 def dataset_missing(dataset_id: str) -> bool:
@@ -190,7 +219,10 @@ def main(argv=None) -> int:
         if not args.collect_only:
             ready = []
             for cell in cells:
-                if dataset_missing(cell.dataset):
+                if study.finished_elsewhere(cell, args):
+                    print(f"[{name}] {cell.name}: recorded in {cell.study}.json, not rerun",
+                          flush=True)
+                elif dataset_missing(cell.dataset):
                     print(f"[{name}] skipping {cell.name}: dataset {cell.dataset} is not built; "
                           f"build it with: {build_hint(cell.dataset)}", flush=True)
                 else:

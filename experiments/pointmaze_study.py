@@ -333,6 +333,22 @@ def recorded_cell(record: dict | None, cell: Cell, args) -> dict | None:
     return record
 
 
+def own_record(cell: Cell, args) -> dict | None:
+    """A cell's entry in its own study's ``<out>/<cell.study>.json`` (a table may hold cells of
+    another study, e.g. the reference arms it compares with), or None."""
+    path = Path(args.out) / f"{cell.study}.json"
+    return json.loads(path.read_text())["cells"].get(cell.name) if path.exists() else None
+
+
+def finished_elsewhere(cell: Cell, args) -> bool:
+    """Whether a cell whose run directory is gone (or never was here) has a result recorded in
+    its own study's JSON under the grid's current configuration: then it is not run again."""
+    if started(cell.run_dir(args)):
+        return False
+    record = own_record(cell, args)
+    return record is not None and recorded_cell(record, cell, args) is not None
+
+
 def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Path:
     """Write ``<out>/<study>.json`` from the finished cells of ``cells`` (pass the whole grid: a
     cell left out is neither reported nor listed as missing); ``title`` names an ablation table.
@@ -347,7 +363,7 @@ def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Pa
     for cell in cells:
         result = collect_cell(cell, args)
         if result is None:
-            result = recorded_cell(recorded.get(cell.name), cell, args)
+            result = recorded_cell(recorded.get(cell.name) or own_record(cell, args), cell, args)
         if result is not None:
             results[cell.name] = result
     script = f"experiments/{Path(sys.argv[0]).name}"  # pointmaze_study.py or fetch_study.py

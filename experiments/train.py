@@ -24,7 +24,9 @@ the logs and checkpoints went (``runs/quickstart/``)::
 number for number (docs/PARITY.md); ``paper`` takes eta, the evaluation softmax temperature, the
 episode cap, the reward normalisation and the TD samples from the dataset's row of the official
 table (cdp_jax.paper.TASKS); a dataset with no row needs ``--set eta=...`` and
-``--set candidate_temperature=...``.
+``--set candidate_temperature=...``. ``--preset paper-fast`` and ``--preset paper-il-fast`` are the
+same pipelines with the official penalty estimated without a Jacobian (forward-mode probe pairs on a
+random subsample of the penalised samples; unbiased; docs/MATH.md, "The fast penalty").
 
 ``--seeds`` trains the seeds as one vmapped program (each its own episodes when a fraction is
 asked for) and writes ``runs/<name>/seed_<k>/`` exactly as a single-seed run would, plus
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     if config.resume:  # refuse a mismatched resume before building anything
         for c in [multi_seed.seed_config(config, s) for s in seeds] if seeds else [config]:
             run_config.check_resume(c, agent_config)
-    if args.preset == "paper":
+    if args.preset in paper.RL_PRESETS:
         print(paper.describe_task_values(config, agent_config), flush=True)
         note = paper.data_provenance_note(config.dataset)
         if note is not None:  # Minari's ids and this project's builds are not D4RL's data
