@@ -6,7 +6,7 @@ the contraction penalty (eigen, weight 0.1, ``network`` target, all noise levels
 on 16 samples of each batch of 128), on
 ``cdp/fetch/push-v0`` and ``cdp/fetch/pickandplace-v0`` with 100 / 50 / 10 / 5 % of the 200
 demonstrations. Each cell is one ``experiments/train.py --seeds ...`` call (the machinery of
-``experiments/pointmaze_study.py``: finished cells are skipped, diagnostics and the JSON follow)::
+``experiments/study_runner.py``: finished cells are skipped, diagnostics and the JSON follow)::
 
     python experiments/make_dataset.py fetch --task push          # once per task
     python experiments/make_dataset.py fetch --task pickandplace
@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pointmaze_study as study  # noqa: E402
+import study_runner as runner  # noqa: E402
 
 from cdp_jax import cli  # noqa: E402
 
-ROOT = study.ROOT
+ROOT = runner.ROOT
 TASKS = {"push": "cdp/fetch/push-v0", "pickandplace": "cdp/fetch/pickandplace-v0"}
 # The piloted chunk setting (tests/test_fetch.py): history 2, horizon 16, 8 executed, 10 steps.
 CHUNK = ("obs_horizon=2", "action_horizon=16", "n_action=8", "time_dim=32", "sampler_steps=10",
@@ -50,15 +50,15 @@ BACKBONES = {"mlp": ("actor_network=mlp", "hidden_dim=256", "depth=3"),
                       "contraction.num_penalised=16")}
 
 
-def cells(tasks, backbones, fractions) -> list[study.Cell]:
+def cells(tasks, backbones, fractions) -> list[runner.Cell]:
     out = []
     for task in tasks:
         for backbone in backbones:
             for fraction in fractions:
                 frac = None if fraction >= 1.0 else fraction
-                pct = study._pct(frac)
-                for arm, weight in (("vanilla", 0.0), ("cdp", study.MAIN_WEIGHT)):
-                    out.append(study.Cell(
+                pct = runner.percent_label(frac)
+                for arm, weight in (("vanilla", 0.0), ("cdp", runner.MAIN_WEIGHT)):
+                    out.append(runner.Cell(
                         "fetch", f"dbc_{backbone}_{task}_f{pct.rstrip('%')}_{arm}", "dbc",
                         TASKS[task], frac, weight, sets=CHUNK + BACKBONES[backbone],
                         group=f"{task} {backbone} {pct}", arm=arm,
@@ -66,7 +66,7 @@ def cells(tasks, backbones, fractions) -> list[study.Cell]:
     return out
 
 
-def ablation_cells() -> list[study.Cell]:
+def ablation_cells() -> list[runner.Cell]:
     """The UNet ablation on Push 100 %: the grid's two arms first, then the two variants."""
     reference = cells(["push"], ["unet"], [1.0])
     cdp = reference[1]
@@ -88,9 +88,9 @@ def parse_args(argv=None):
     parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.1, 0.05])
     parser.add_argument("--ablations", action="store_true",
                         help="run the UNet penalty ablation (Push, 100%%) instead of the grid")
-    study.add_run_args(parser, out=str(ROOT / "results" / "fetch"), steps=3000, eval_every=1000,
-                       eval_episodes=20)
-    return study.parse_run_args(parser, argv)
+    runner.add_run_args(parser, out=str(ROOT / "results" / "fetch"), steps=3000, eval_every=1000,
+                        eval_episodes=20)
+    return runner.parse_run_args(parser, argv)
 
 
 def main(argv=None) -> int:
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     else:
         name, grid, title = "imitation", cells(args.tasks, args.backbones, args.fractions), None
     if not args.collect_only:
-        study.run_cells(f"fetch {name}", grid, args)
-    study.diagnose_finished(grid, args)
-    print(f"{name}: {study.collect(name, grid, args, title=title)}", flush=True)
+        runner.run_cells(f"fetch {name}", grid, args)
+    runner.diagnose_finished(grid, args)
+    print(f"{name}: {runner.collect(name, grid, args, title=title)}", flush=True)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Every cell is one ``experiments/train.py --preset paper[-il] --seeds ...`` call (all seeds of a
 cell trained as one vmapped program: both arms of a row see the same seeds and therefore the same
-data subsets), with the machinery of ``experiments/pointmaze_study.py``: finished cells are
+data subsets), with the machinery of ``experiments/study_runner.py``: finished cells are
 skipped, an interrupted cell continues from its last checkpoint (``--resume``), then contraction
 diagnostics and ``results/paper/<study>.json``.
 
@@ -52,11 +52,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pointmaze_study as study  # noqa: E402
+import study_runner as runner  # noqa: E402
 
 from cdp_jax import cli  # noqa: E402
 
-ROOT = study.ROOT
+ROOT = runner.ROOT
 STUDIES = ("rl", "il", "sweep", "quirks", "fast")
 # task -> (dataset id, command that builds it)
 RL_TASKS = {
@@ -73,7 +73,7 @@ IL_TASKS = {
     "push": ("cdp/fetch/push-v0", "make_dataset.py fetch --task push"),
 }
 FRACTIONS = (None, 0.1)
-ARMS = (("edp", 0.0), ("cdp", study.MAIN_WEIGHT))
+ARMS = (("edp", 0.0), ("cdp", runner.MAIN_WEIGHT))
 SWEEP_WEIGHTS = (0.01, 1.0)
 QUIRKS = {"float_embedding": "time_embedding=positional", "polyak_targets": "tau=0.005",
           "ema_copy": "ema_warmup=copy"}
@@ -102,19 +102,19 @@ TITLES = {
 
 
 def _rl_cell(study_name: str, task: str, fraction, arm: str, weight: float,
-             sets: tuple[str, ...] = ()) -> study.Cell:
-    pct = study._pct(fraction)
+             sets: tuple[str, ...] = ()) -> runner.Cell:
+    pct = runner.percent_label(fraction)
     name = f"rl_{task}_f{pct.rstrip('%')}_{arm.replace('=', '')}"
     # Hopper's 1000-step episodes with 100 candidates per step make an evaluation about 3x
     # PointMaze umaze's 300-step ones: evaluated half as often (checkpointed as often). PointMaze
     # medium's (600 steps, its env's time limit) are evaluated as often as umaze's.
-    return study.Cell(study_name, name, "dql", RL_TASKS[task][0],
-                      fraction, weight, sets=sets, group=f"{task} {pct}", arm=arm,
-                      preset="paper", eval_factor=2 if task.startswith("hopper") else 1)
+    return runner.Cell(study_name, name, "dql", RL_TASKS[task][0],
+                       fraction, weight, sets=sets, group=f"{task} {pct}", arm=arm,
+                       preset="paper", eval_factor=2 if task.startswith("hopper") else 1)
 
 
 def cells_for(name: str, tasks: tuple[str, ...], il_steps: int | None = None,
-              il_eval_every: int = 1000) -> list[study.Cell]:
+              il_eval_every: int = 1000) -> list[runner.Cell]:
     """The grid of one study (see the module docstring)."""
     if name == "rl":
         return [_rl_cell("rl", task, fraction, arm, weight)
@@ -124,9 +124,9 @@ def cells_for(name: str, tasks: tuple[str, ...], il_steps: int | None = None,
         out = []
         for task in (t for t in tasks if t in IL_TASKS):
             for fraction in FRACTIONS:
-                pct = study._pct(fraction)
+                pct = runner.percent_label(fraction)
                 for arm, weight in ARMS:
-                    out.append(study.Cell(
+                    out.append(runner.Cell(
                         "il", f"il_{task}_f{pct.rstrip('%')}_{arm}", "dbc", IL_TASKS[task][0],
                         fraction, weight, group=f"{task} {pct}", arm=arm, preset="paper-il",
                         extra_args=("--fraction-unit", "episodes", "--eval-every",
@@ -147,13 +147,13 @@ def cells_for(name: str, tasks: tuple[str, ...], il_steps: int | None = None,
                                            preset=FAST_PRESETS[kind]))
         return out
     if name == "quirks":
-        return [_rl_cell("quirks", ABLATION_TASK, 0.1, quirk, study.MAIN_WEIGHT, sets=(setting,))
+        return [_rl_cell("quirks", ABLATION_TASK, 0.1, quirk, runner.MAIN_WEIGHT, sets=(setting,))
                 for quirk, setting in QUIRKS.items()]
     raise ValueError(f"Unknown study {name!r}; expected one of {STUDIES}.")
 
 
 def reference_cells(name: str, tasks=(), il_steps: int | None = None,
-                    il_eval_every: int = 1000) -> list[study.Cell]:
+                    il_eval_every: int = 1000) -> list[runner.Cell]:
     """The cells a study's table compares to: a sweep / quirk table the ``rl`` cells of Hopper
     medium-replay 10 % (both arms), the fast study both arms of each of its rows."""
     if name in ("sweep", "quirks"):
@@ -165,7 +165,7 @@ def reference_cells(name: str, tasks=(), il_steps: int | None = None,
     return []
 
 
-def study_cells(name: str, tasks, args) -> list[study.Cell]:
+def study_cells(name: str, tasks, args) -> list[runner.Cell]:
     """The cells of study ``name`` on ``tasks``, after the cells it compares with."""
     il_eval_every = min(args.eval_every, 1000)
     return (reference_cells(name, tuple(tasks), args.il_steps, il_eval_every)
@@ -194,12 +194,12 @@ def parse_args(argv=None):
                         help="tasks of the rl and il studies (the order cells run in)")
     parser.add_argument("--cells", nargs="+", default=None, metavar="NAME",
                         help="only these cells (names as in runs/paper_study/<study>/)")
-    study.add_run_args(parser, out=str(ROOT / "results" / "paper"), steps=20_000,
-                       eval_every=2000, eval_episodes=10)
+    runner.add_run_args(parser, out=str(ROOT / "results" / "paper"), steps=20_000,
+                        eval_every=2000, eval_episodes=10)
     parser.add_argument("--il-steps", type=int, default=IL_STEPS,
                         help="gradient steps of the il cells (--steps is the offline-RL cells')")
     parser.set_defaults(runs_root=str(ROOT / "runs" / "paper_study"))
-    args = study.parse_run_args(parser, argv)
+    args = runner.parse_run_args(parser, argv)
     if args.quick:
         args.il_steps = args.steps
     return args
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
         if not args.collect_only:
             ready = []
             for cell in cells:
-                if study.finished_elsewhere(cell, args):
+                if runner.finished_elsewhere(cell, args):
                     print(f"[{name}] {cell.name}: recorded in {cell.study}.json, not rerun",
                           flush=True)
                 elif dataset_missing(cell.dataset):
@@ -228,11 +228,11 @@ def main(argv=None) -> int:
                 else:
                     ready.append(cell)
             try:  # failed cells are reported after every study has had its turn
-                study.run_cells(name, ready, args)
+                runner.run_cells(name, ready, args)
             except RuntimeError as err:
                 failures.append(str(err))
-        study.diagnose_finished(cells, args)
-        print(f"{name}: {study.collect(name, grid, args, TITLES.get(name))}", flush=True)
+        runner.diagnose_finished(cells, args)
+        print(f"{name}: {runner.collect(name, grid, args, TITLES.get(name))}", flush=True)
     if failures:
         raise RuntimeError(" | ".join(failures))
     return 0

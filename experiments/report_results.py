@@ -1,7 +1,7 @@
 """Tables and figures of the evidence studies (from ``results/pointmaze/*.json``; ``--layout paper``:
 the paper-protocol study's ``results/paper/*.json``, EDP as the baseline arm).
 
-Reads what ``experiments/pointmaze_study.py`` collected and writes
+Reads what the study scripts collected (``collect`` in ``experiments/study_runner.py``) and writes
 
 * ``results/pointmaze/tables.md``: every cell as mean ± 95% t-interval (seed count), last / best /
   running-average normalised score (with, where the results hold it, the standard error of one

@@ -1,6 +1,7 @@
 """The evidence study scripts end to end on tiny datasets built locally: one real cell in CI (train
 two vmapped seeds, diagnostics, JSON, tables and figures); every study's smoke run when slow."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -15,6 +16,7 @@ import fetch_study  # noqa: E402
 import paper_study  # noqa: E402
 import pointmaze_study  # noqa: E402
 import report_results  # noqa: E402
+import study_runner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def _fake_subprocess_run(monkeypatch, fake) -> None:
     import subprocess
     import types
 
-    monkeypatch.setattr(pointmaze_study, "subprocess", types.SimpleNamespace(
+    monkeypatch.setattr(study_runner, "subprocess", types.SimpleNamespace(
         run=fake, STDOUT=subprocess.STDOUT, CompletedProcess=subprocess.CompletedProcess))
 
 
@@ -188,20 +190,20 @@ def test_study_cell_resumes_in_the_middle(tmp_path, monkeypatch):
     def fake_run(command, stdout, **kwargs):
         calls.append(command)
         stdout.write("trained\n")
-        return pointmaze_study.subprocess.CompletedProcess(command, 0)
+        return study_runner.subprocess.CompletedProcess(command, 0)
 
     _fake_subprocess_run(monkeypatch, fake_run)
     args = paper_study.parse_args(["--runs-root", str(tmp_path)])
     cell = paper_study.cells_for("rl", ("umaze",))[0]
     run_dir = cell.run_dir(args)
-    assert pointmaze_study.run_cell(cell, args) is not None and "--resume" not in calls[-1]
+    assert study_runner.run_cell(cell, args) is not None and "--resume" not in calls[-1]
     (run_dir / "seed_0").mkdir(parents=True)
     (run_dir / "seed_0" / "config.json").write_text("{}")
-    assert pointmaze_study.run_cell(cell, args) is not None and calls[-1][-1] == "--resume"
+    assert study_runner.run_cell(cell, args) is not None and calls[-1][-1] == "--resume"
     log = run_dir.with_suffix(".log").read_text()
     assert log.count("trained") == 2 and "--- resumed:" in log
     (run_dir / "seeds.json").write_text("{}")
-    assert pointmaze_study.run_cell(cell, args) is None and len(calls) == 2
+    assert study_runner.run_cell(cell, args) is None and len(calls) == 2
 
 
 def test_paper_study_skips_unbuilt_datasets(tmp_path, monkeypatch, capsys):
@@ -238,7 +240,7 @@ def test_paper_study_quick(minari_root, tmp_path, monkeypatch):
 
 
 def _fake_cell(name, group, arm, scores):
-    """A collected cell as ``pointmaze_study.collect_cell`` writes it (scores per seed)."""
+    """A collected cell as ``study_runner.collect_cell`` writes it (scores per seed)."""
     seeds = {}
     for k, score in enumerate(scores):
         point = {"normalized_score": score, "success_rate": score / 100.0}
@@ -307,13 +309,13 @@ def test_a_failed_cell_does_not_stop_the_others(tmp_path, monkeypatch):
     def fake_run(command, stdout, **kwargs):
         name = command[command.index("--name") + 1]
         calls.append(name)
-        return pointmaze_study.subprocess.CompletedProcess(command, 1 if name.endswith("edp") else 0)
+        return study_runner.subprocess.CompletedProcess(command, 1 if name.endswith("edp") else 0)
 
     _fake_subprocess_run(monkeypatch, fake_run)
     args = paper_study.parse_args(["--runs-root", str(tmp_path)])
     cells = paper_study.cells_for("rl", ("umaze",))
     with pytest.raises(RuntimeError, match=r"2 of 4 rl cells failed: cell rl_umaze_f100_edp"):
-        pointmaze_study.run_cells("rl", cells, args)
+        study_runner.run_cells("rl", cells, args)
     assert calls == [c.name for c in cells]
 
 
@@ -321,11 +323,11 @@ def test_a_dotted_cell_name_keeps_its_whole_log_name(tmp_path, monkeypatch):
     """The sweep's ``rl_hopper-mr_f10_weight0.01`` logs to ``...weight0.01.log``, not
     ``...weight0.log``."""
     _fake_subprocess_run(monkeypatch, lambda command, stdout, **kwargs:
-                         pointmaze_study.subprocess.CompletedProcess(command, 0))
+                         study_runner.subprocess.CompletedProcess(command, 0))
     args = paper_study.parse_args(["--runs-root", str(tmp_path)])
     cell = paper_study.cells_for("sweep", ())[0]
     assert cell.name == "rl_hopper-mr_f10_weight0.01"
-    pointmaze_study.run_cell(cell, args)
+    study_runner.run_cell(cell, args)
     assert [p.name for p in (tmp_path / "sweep").glob("*.log")] == [f"{cell.name}.log"]
 
 
@@ -338,16 +340,16 @@ def test_collect_keeps_recorded_cells_whose_runs_are_gone(tmp_path, capsys):
     grid = paper_study.cells_for("rl", ("umaze",))
     kept, stale = grid[0], grid[1]
     name, entry = _fake_cell(kept.name, kept.group, kept.arm, [1.0, 2.0])
-    entry["cell"] = json.loads(json.dumps(pointmaze_study.dataclasses.asdict(kept)))
+    entry["cell"] = json.loads(json.dumps(dataclasses.asdict(kept)))
     # recorded on another machine, under another runs root
     entry["command"] = kept.display_command(args).replace(str(tmp_path / "runs"), "runs/elsewhere")
     _, old = _fake_cell(stale.name, stale.group, stale.arm, [3.0])
-    old["cell"] = json.loads(json.dumps(pointmaze_study.dataclasses.asdict(stale)))
+    old["cell"] = json.loads(json.dumps(dataclasses.asdict(stale)))
     old["command"] = stale.display_command(args).replace("--steps 20000", "--steps 2000")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "rl.json").write_text(json.dumps({"cells": {name: entry,
                                                                     stale.name: old}}))
-    record = json.loads(pointmaze_study.collect("rl", grid, args).read_text())
+    record = json.loads(study_runner.collect("rl", grid, args).read_text())
     assert record["cells"] == {name: entry}
     assert stale.name in record["missing"] and kept.name not in record["missing"]
     assert f"{stale.name}: the recorded result is of another configuration" in capsys.readouterr().out
