@@ -10,16 +10,21 @@ Layout under a checkpoint directory::
 
 A checkpoint is written to a hidden temporary directory and renamed into place only once both
 parts are complete, so an interrupted save never leaves a half-written ``step_*`` directory and
-never touches an earlier one. :func:`restore` checks every file against the recorded sizes and
-hashes before orbax reads it, so a truncated or garbled file is reported by name (orbax alone
-misses some and reports others through a cascade of asynchronous errors).
-:class:`CheckpointManager` keeps the last ``keep`` checkpoints plus the best.
+never touches an earlier one; a save the file system refuses (disk full, read-only, no
+permission) removes its temporary directory and raises :class:`cdp_jax.files.WriteError`, one
+message in place of orbax's threads' tracebacks. :func:`restore` checks every file against the
+recorded sizes and hashes before orbax reads it, so a truncated or garbled file is reported by
+name (orbax alone misses some and reports others through a cascade of asynchronous errors).
+:class:`CheckpointManager` keeps the last ``keep`` checkpoints plus the best; a damaged
+``best.json`` is rebuilt from the scores recorded in the checkpoints' ``meta.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +35,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
+
+from cdp_jax import files
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
 
@@ -53,25 +60,63 @@ def list_steps(directory: str | os.PathLike) -> list[int]:
 def save(directory: str | os.PathLike, step: int, tree, meta: dict) -> Path:
     """Write ``tree`` (any pytree of arrays, e.g. ``{"state": state, "rng": key}``) and ``meta``.
 
-    Raises :class:`CheckpointError` if a checkpoint for ``step`` already exists (never overwritten).
+    Raises :class:`CheckpointError` if a checkpoint for ``step`` already exists (never
+    overwritten), :class:`cdp_jax.files.WriteError` if the file system refuses the write (nothing
+    of the new checkpoint is left; the earlier ones are untouched).
     """
     directory = Path(directory).absolute()
     final = step_dir(directory, step)
     if final.exists():
         raise CheckpointError(f"checkpoint {final} already exists; refusing to overwrite it.")
-    directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".tmp_step_{step:09d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # debris of an interrupted save
-    tmp.mkdir()
     state_dict = serialization.to_state_dict(jax.device_get(tree))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp / "state", state_dict)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    _write_json(tmp / "meta.json", {"step": int(step), **meta, "files": _manifest(tmp / "state")})
-    os.replace(tmp, final)
+    _silence_abandoned_reads()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # debris of an interrupted save
+        tmp.mkdir()
+        with _orbax_logs_held():
+            checkpointer = ocp.StandardCheckpointer()
+            try:
+                checkpointer.save(tmp / "state", state_dict)
+                checkpointer.wait_until_finished()
+            finally:
+                checkpointer.close()
+        (tmp / "meta.json").write_text(json.dumps(
+            {"step": int(step), **meta, "files": _manifest(tmp / "state")}, indent=2,
+            sort_keys=True))
+        os.replace(tmp, final)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not files.is_disk_error(err):
+            raise
+        earlier = list_steps(directory)
+        kept = (f"No partial checkpoint was left; the earlier checkpoints {earlier} are "
+                "unchanged." if earlier else "No partial checkpoint was left.")
+        raise files.write_error(final, err, kept) from None
     return final
+
+
+@contextlib.contextmanager
+def _orbax_logs_held():
+    """Hold orbax's log records (the ``absl`` logger) for the body: re-emitted if it succeeds,
+    dropped if it raises. A failed save makes each of orbax's threads log the error with its
+    traceback, pages of them; the exception raised says it once."""
+    logger = logging.getLogger("absl")
+    held = []
+
+    def hold(record):
+        held.append(record)
+        return False
+
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+    for record in held:
+        logger.handle(record)
 
 
 def read_meta(directory: str | os.PathLike, step: int) -> dict:
@@ -97,13 +142,18 @@ def verify(directory: str | os.PathLike, step: int, meta: dict | None = None) ->
     for name, (size, digest) in sorted(meta.get("files", {}).items()):
         file = path / "state" / name
         problem = None
-        if not file.is_file():
-            problem = f"{file.relative_to(path)} is missing"
-        elif file.stat().st_size != size:
-            problem = (f"{file.relative_to(path)} has {file.stat().st_size} bytes where {size} "
-                       "were written (truncated or overwritten)")
-        elif _sha256(file) != digest:
-            problem = f"{file.relative_to(path)} does not match its SHA-256 (garbled)"
+        try:
+            if not file.is_file():
+                problem = f"{file.relative_to(path)} is missing"
+            elif file.stat().st_size != size:
+                problem = (f"{file.relative_to(path)} has {file.stat().st_size} bytes where "
+                           f"{size} were written (truncated or overwritten)")
+            elif _sha256(file) != digest:
+                problem = f"{file.relative_to(path)} does not match its SHA-256 (garbled)"
+        except OSError as err:
+            cause, remedy = files.CAUSES.get(err.errno, (err.strerror or str(err), "check it"))
+            raise CheckpointError(f"checkpoint {path}: cannot read {file.relative_to(path)}: "
+                                  f"{cause}; {remedy}.{_others(directory, step)}") from None
         if problem:
             raise CheckpointError(f"checkpoint {path} is damaged: {problem}."
                                   f"{_others(directory, step)}")
@@ -173,10 +223,11 @@ def _manifest(directory: Path) -> dict:
 
 
 def _silence_abandoned_reads() -> None:
-    """After a failed orbax restore, drop the ``RuntimeError('Event loop is closed')`` that each
-    abandoned tensorstore read raises when it completes on orbax's closed asyncio loop (they arrive
-    as "unraisable" exceptions, dozens of tracebacks at interpreter exit, after the real error).
-    Every other unraisable exception still reaches the previous hook."""
+    """From a save, or after a failed orbax restore, on: drop the ``RuntimeError('Event loop is
+    closed')`` that each tensorstore operation abandoned by a failed save or restore raises when it
+    completes on orbax's closed asyncio loop (they arrive as "unraisable" exceptions, dozens of
+    tracebacks, after the real error). Every other unraisable exception still reaches the previous
+    hook."""
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
         return
@@ -211,8 +262,31 @@ class CheckpointManager:
 
     @property
     def best(self) -> dict | None:
+        """``{"step": ..., "score": ...}`` of the best-scoring checkpoint, from ``best.json``
+        (``None``: no checkpoint was scored); if that file is damaged, the best of the scores the
+        checkpoints' ``meta.json`` record (the next save rewrites it)."""
         path = self.directory / "best.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            best = json.loads(path.read_text())
+            return {"step": int(best["step"]), "score": float(best["score"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return self._best_of_scores()
+
+    def _best_of_scores(self) -> dict | None:
+        scored = []
+        for s in list_steps(self.directory):
+            try:
+                score = read_meta(self.directory, s).get("score")
+            except CheckpointError:
+                continue
+            if score is not None and np.isfinite(score):
+                scored.append((score, s))
+        if not scored:
+            return None
+        score, s = max(scored)
+        return {"step": s, "score": float(score)}
 
     def latest_step(self) -> int | None:
         steps = list_steps(self.directory)
@@ -222,8 +296,10 @@ class CheckpointManager:
         path = save(self.directory, step, tree, {**meta, "score": score})
         best = self.best
         if score is not None and np.isfinite(score) and (best is None or score > best["score"]):
-            _write_json(self.directory / "best.json", {"step": int(step), "score": float(score)})
-        self._prune()
+            best = {"step": int(step), "score": float(score)}
+        if best is not None:
+            files.write_json(self.directory / "best.json", best, sort_keys=True)
+        self._prune(best)
         return path
 
     def restore(self, target, step: int | None = None):
@@ -244,31 +320,16 @@ class CheckpointManager:
             os.replace(step_dir(self.directory, s), target)
         best = self.best
         if later and best is not None and best["step"] > step:
-            scored = []
-            for s in list_steps(self.directory):
-                try:
-                    score = read_meta(self.directory, s).get("score")
-                except CheckpointError:
-                    continue
-                if score is not None and np.isfinite(score):
-                    scored.append((score, s))
-            if scored:
-                score, s = max(scored)
-                _write_json(self.directory / "best.json", {"step": s, "score": float(score)})
+            best = self._best_of_scores()
+            if best is not None:
+                files.write_json(self.directory / "best.json", best, sort_keys=True)
             else:
                 (self.directory / "best.json").unlink()
         return later
 
-    def _prune(self):
+    def _prune(self, best: dict | None):
         steps = list_steps(self.directory)
-        best = self.best
         protected = set(steps[-self.keep:]) | ({best["step"]} if best else set())
         for s in steps:
             if s not in protected:
                 shutil.rmtree(step_dir(self.directory, s))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)

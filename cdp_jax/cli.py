@@ -12,28 +12,35 @@ for a bad flag):
   statement in ``cdp_jax`` or in the script's directory raised them: the checks at the boundary
   (config validation, dataset ids, run directories) do that with messages that name the field.
   The same types raised elsewhere (a shape mismatch inside numpy or JAX, ``int("x")``, a bug)
-  keep their traceback.
+  keep their traceback;
+* an ``OSError`` in which the file system refused a write or read (disk full, read-only, no
+  permission: :data:`cdp_jax.files.CAUSES`), wherever it was raised: the project's own writes
+  report these as :class:`cdp_jax.files.WriteError` saying what was kept; this catches the rest.
 
 Any other exception propagates unchanged, traceback and all.
 """
 
 from __future__ import annotations
 
+import errno
 import linecache
 import sys
 import traceback
 from pathlib import Path
+
+from cdp_jax import files
 
 # The project's (and gymnasium's) errors about the user's input or files: module -> class names.
 # Looked up in sys.modules when an error occurs, so that importing this module costs nothing (an
 # error of a module that was never imported cannot have been raised).
 USER_ERRORS = {
     "cdp_jax.checkpoint": ("CheckpointError",),
+    "cdp_jax.files": ("WriteError",),
     "cdp_jax.data.dataset": ("DatasetNotFoundError", "DatasetCorruptError", "ObservationKeyError"),
     "cdp_jax.run_directory": ("RunLockedError",),
     "cdp_jax.training": ("TrainingDivergedError",),
     "cdp_jax.parallel": ("DeviceMemoryError",),
-    "gymnasium.error": ("UnregisteredEnv",),
+    "gymnasium.error": ("UnregisteredEnv", "DependencyNotInstalled"),
 }
 CHECKED_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 EXIT_USER_ERROR = 2
@@ -53,6 +60,10 @@ def run(main, argv=None) -> int:
             raise
         sys.stdout.flush()
         message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, OSError) and err.errno in files.CAUSES:  # not one of our messages
+            cause, remedy = files.CAUSES[err.errno]
+            message = (f"{err.filename or 'a file'}: {cause} "
+                       f"({errno.errorcode[err.errno]}); {remedy}, then run the command again.")
         print(f"error: {message}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     return status if isinstance(status, int) else 0
@@ -62,6 +73,8 @@ def is_user_error(err: BaseException, script_dir: Path | None = None) -> bool:
     """Whether ``err`` reports a problem with the user's input or files (see the module doc);
     ``raise`` statements in ``cdp_jax`` and in ``script_dir`` (the scripts) count as checks."""
     if isinstance(err, user_error_types()):
+        return True
+    if isinstance(err, OSError) and err.errno in files.CAUSES:
         return True
     if not isinstance(err, CHECKED_ERRORS):
         return False

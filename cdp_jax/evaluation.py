@@ -21,7 +21,6 @@ sampler, steps) and writes the last, the best and the running average of the las
 from __future__ import annotations
 
 import collections
-import json
 import math
 import os
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 import gymnasium as gym
 import jax
 import numpy as np
+
+from cdp_jax import files
 
 VECTOR_MODES = ("sync", "async")
 
@@ -255,7 +256,6 @@ class EvalRecord:
         }
 
     def write(self) -> None:
-        data = {"summary": self.summary(), "evaluations": self.history}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, self.path)
+        """Write ``eval.json`` through a temporary file and a rename: a failed write
+        (:class:`cdp_jax.files.WriteError`) leaves the previous file as it was."""
+        files.write_json(self.path, {"summary": self.summary(), "evaluations": self.history})

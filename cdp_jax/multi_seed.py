@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 
 import jax
@@ -33,6 +32,7 @@ from cdp_jax.training import (
     check_state_finite,
     eval_protocol,
     eval_reset_seeds,
+    explain_write_errors,
     init_seeds,
     lr_schedule_note,
     make_eval_envs,
@@ -167,8 +167,10 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
                           config.updates_per_call, config.batch_size,
                           mesh.size if parallel_mode == "data" else 1, -(-len(seeds) // split_seeds))
     envs = make_eval_envs(data, dataclasses.replace(config, eval_envs=config.eval_envs * len(seeds)))
+    step = 0
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)
+        cleanup.enter_context(explain_write_errors(ckpts[0], lambda: step))  # every seed alike
         for c, m in zip(configs, ckpts, strict=True):
             cleanup.enter_context(run_directory.own(process_dir(c.path)))
             check_fresh_or_resume(c, m)  # again, now that no other process can write
@@ -282,5 +284,5 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
                "eval": summaries, "last_mean": float(np.mean(finals)) if finals else None,
                "last_std": float(np.std(finals)) if finals else None}
     if jax.process_index() == 0:
-        (config.path / "seeds.json").write_text(json.dumps(summary, indent=2))
+        run_directory.write_json(config.path / "seeds.json", summary)
     return summary

@@ -168,8 +168,12 @@ def load_run_config(run_dir) -> tuple[TrainConfig, object]:
         data = json.loads(path.read_text())
         config = config_from_dict(TrainConfig, data["train"])
         return config, config_from_dict(CONFIGS[config.agent], data["agent"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path.absolute()} is unreadable ({type(err).__name__}: {err}).") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        copies = sorted(run_dir.glob("checkpoints/step_*/meta.json"))
+        hint = (f" A copy of it is kept under \"config\" in every checkpoint's meta.json (e.g. "
+                f"{copies[-1].absolute()}): restore it from there." if copies else "")
+        raise ValueError(f"{path.absolute()} is unreadable ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:300]}).{hint}") from None
 
 
 def resume_configs(run_dir, train_overrides: dict | None = None,

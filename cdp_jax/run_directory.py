@@ -30,6 +30,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from cdp_jax import files
+
 LOCK_FILE = ".lock"
 ENVIRONMENT_FILE = "environment.json"
 # The distributions whose versions can change a run's numbers or its data.
@@ -48,11 +50,15 @@ def own(run_dir: str | os.PathLike):
     Raises:
       RunLockedError: another process holds it; the message names the directory and, when known,
         that process's pid and host.
+      cdp_jax.files.WriteError: the directory or its lock file cannot be created (a file in the
+        way, a read-only file system, no permission).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = files.make_dir(run_dir)
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise files.write_error(path, err, "Nothing was written to the run directory.") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,11 +97,8 @@ def config_changes(saved, requested, prefix: str = "", ignore=()) -> list[str]:
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write ``data`` as JSON through a temporary file and a rename: a reader never sees half a
-    file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    file, and a failed write (:class:`cdp_jax.files.WriteError`) leaves the previous one."""
+    files.write_json(path, data)
 
 
 def _version(package: str) -> str | None:
@@ -147,8 +150,11 @@ def record_environment(run_dir: str | os.PathLike, step: int, software: dict | N
     if path.is_file():
         try:
             entries = list(json.loads(path.read_text())["attempts"])
-        except (ValueError, KeyError, TypeError):  # kept aside, not fatal to the run
-            os.replace(path, path.with_name(path.name + ".damaged"))
+        except (OSError, ValueError, KeyError, TypeError):  # kept aside, not fatal to the run
+            try:
+                os.replace(path, path.with_name(path.name + ".damaged"))
+            except OSError as err:
+                raise files.write_error(path, err, f"The unreadable {path.name} is unchanged.") from None
     entry = {**(environment() if software is None else software), "from_step": int(step)}
     write_json(path, {"attempts": [*entries, entry]})
     return entry

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdp_jax import checkpoint, evaluation, parallel, run_directory
+from cdp_jax import checkpoint, evaluation, files, parallel, run_directory
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import DATA, get_agent
 from cdp_jax.data import buffer, minari, protocol
@@ -252,8 +252,11 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
     parallel.check_memory(arrays, config.updates_per_call, config.batch_size,
                           1 if mesh is None else mesh.size)
     envs = make_eval_envs(data, config)  # fails on a dimension mismatch before any compilation
+    step = 0
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)
+        # Entered before the logger: also explains a failure of the logger's last flush.
+        cleanup.enter_context(explain_write_errors(ckpt, lambda: step))
         cleanup.enter_context(run_directory.own(process_dir(run_dir)))
         check_fresh_or_resume(config, ckpt)  # again, now that no other process can write
         key_init, key_train = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -420,6 +423,20 @@ def check_state_finite(state, step: int, ckpt: checkpoint.CheckpointManager) -> 
     raise TrainingDivergedError(
         f"non-finite values in {shown} after gradient step {step}; training stopped, no "
         f"checkpoint written for it. {_last_checkpoint(ckpt)}")
+
+
+@contextlib.contextmanager
+def explain_write_errors(ckpt: checkpoint.CheckpointManager, current_step):
+    """A :class:`cdp_jax.files.WriteError` raised in the body (disk full, ...) says at which step
+    ``current_step()`` training stopped, which checkpoint is kept, and to continue with
+    ``--resume``, once the run has started (a checkpoint exists or a step was trained)."""
+    try:
+        yield
+    except files.WriteError as err:
+        if current_step() == 0 and ckpt.latest_step() is None:
+            raise
+        raise err.elaborate(f"Training stopped at step {current_step()}. {_last_checkpoint(ckpt)}",
+                            "continue with --resume") from None
 
 
 def _last_checkpoint(ckpt: checkpoint.CheckpointManager) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from cdp_jax import cli, contraction, contraction_diagnostics, samplers, stats, training
+from cdp_jax import cli, contraction, contraction_diagnostics, files, samplers, stats, training
 from cdp_jax.agents import common, dbc
 from cdp_jax.data import toy
 
@@ -232,7 +231,7 @@ def main(argv=None):
               f"mu_net(low) {s['mu_network_lowest_noise']['mean']:.2f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    files.write_json(out, results, indent=1)
     print(f"wrote {out}")
     if not args.quick:
         for path in make_figures(results, trajectories, Path(args.figures)):

@@ -144,7 +144,7 @@ def test_a_failed_orbax_restore_ends_with_its_error(tmp_path):
     the real error."""
     script = f"""
 import jax
-from cdp_jax import checkpoint
+from cdp_jax import checkpoint, files
 from cdp_jax.agents import dql
 cfg = dql.default_config(actor_hidden_dim=64, critic_hidden_dim=64, time_dim=8,
                          diffusion_steps=5, sampler_steps=2)
@@ -152,7 +152,7 @@ tree = {{"state": dql.init(jax.random.PRNGKey(0), cfg, 3, 2), "rng": jax.random.
 path = checkpoint.save({str(tmp_path)!r}, 1, tree, {{}})
 meta = checkpoint.read_meta({str(tmp_path)!r}, 1)
 del meta["files"]
-checkpoint._write_json(path / "meta.json", meta)
+files.write_json(path / "meta.json", meta)
 data = max((p for p in (path / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 data.write_bytes(data.read_bytes()[:1000])
 try:

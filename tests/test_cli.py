@@ -143,6 +143,30 @@ def test_evaluate_errors(saved_run, tmp_path, capsys):
     assert existing.read_text() == "{}"
 
 
+def test_unreadable_files_are_one_message(saved_run, tmp_path, capsys):
+    """A config.json, a D4RL file and a study's results file cut short: one line each, naming
+    the file and how to get it back; nothing is written."""
+    run = _copy(saved_run, tmp_path)
+    (run / "config.json").write_text('{"train": {"name": "sav')
+    _assert_error_line(_in_process(capsys, "evaluate", str(run)),
+                       f"{run / 'config.json'} is unreadable (JSONDecodeError",
+                       "step_000000040/meta.json): restore it from there")
+
+    d4rl_file = tmp_path / "hopper_medium-v2.hdf5"
+    d4rl_file.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    _assert_error_line(_in_process(capsys, "make_dataset", "d4rl", "--file", str(d4rl_file)),
+                       f"D4RL file {d4rl_file} is unreadable (OSError: ",
+                       "nothing was imported. To import it, download it again")
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "offline_rl.json").write_text('{"cells": {"umaze')
+    _assert_error_line(_in_process(capsys, "report_results", "--results", str(results),
+                                   "--figures", str(tmp_path / "figures")),
+                       f"{results / 'offline_rl.json'} is unreadable", "--collect-only")
+    assert sorted(p.name for p in results.iterdir()) == ["offline_rl.json"]
+
+
 def test_evaluate_checkpoint_flag_is_validated(capsys):
     evaluate = _load("evaluate")
     for bad in ("abc", "-5", "1.5"):

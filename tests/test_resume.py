@@ -10,11 +10,14 @@ that non-finite parameters are never checkpointed. Real training resumes are tes
 
 import csv
 import dataclasses
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cdp_jax import checkpoint, multi_seed, run_config, run_directory, training
+from cdp_jax import checkpoint, files, multi_seed, run_config, run_directory, training
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import dql
 from cdp_jax.data.builders import pointmaze
@@ -260,6 +263,65 @@ def test_non_finite_parameters_are_never_checkpointed(tiny, fast_loop):
     ckpts = config.path / "checkpoints"
     assert checkpoint.list_steps(ckpts) == [20]
     assert checkpoint.read_meta(ckpts, 20)["finite"] is True
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "eval.json", "metrics.csv"])
+def test_disk_full_stops_training_and_keeps_what_was_written(tiny, fast_loop, monkeypatch,
+                                                             full_at):
+    """The disk fills at step 40 (the checkpoint, eval.json or a metrics.csv row): one error
+    naming the file, the step and the checkpoint kept; the files written before are whole, and
+    --resume then finishes the run as if nothing had happened."""
+    config, agent_config = tiny
+    full = {"on": True}
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    save, write_text, os_write = (checkpoint.ocp.StandardCheckpointer.save, Path.write_text,
+                                  os.write)
+
+    def save_unless_full(self, path, *args, **kwargs):
+        if full["on"] and full_at == "checkpoint" and "step_000000040" in str(path):
+            raise enospc
+        return save(self, path, *args, **kwargs)
+
+    def write_text_unless_full(self, text, *args, **kwargs):
+        if (full["on"] and full_at == "eval.json" and self.name == "eval.json.tmp"
+                and json.loads(text)["evaluations"][-1]["gradient_step"] == 40):
+            write_text(self, text[:100], *args, **kwargs)
+            raise enospc
+        return write_text(self, text, *args, **kwargs)
+
+    def write_unless_full(fd, data):  # metrics.csv's appends
+        if full["on"] and full_at == "metrics.csv" and data.startswith(b"40,"):
+            os_write(fd, data[:3])
+            raise enospc
+        return os_write(fd, data)
+
+    monkeypatch.setattr(checkpoint.ocp.StandardCheckpointer, "save", save_unless_full)
+    monkeypatch.setattr(Path, "write_text", write_text_unless_full)
+    monkeypatch.setattr(run_logging, "os", types.SimpleNamespace(**{**vars(os),
+                                                                   "write": write_unless_full}))
+    with pytest.raises(files.WriteError) as info:
+        training.train(config, agent_config)
+    ckpts = config.path / "checkpoints"
+    shown = {"checkpoint": checkpoint.step_dir(ckpts, 40), "eval.json": config.path / "eval.json",
+             "metrics.csv": config.path / "metrics.csv"}[full_at]
+    message = str(info.value)
+    assert message.startswith(f"could not write {shown}: no space left on the device (ENOSPC).")
+    assert (f"Training stopped at step 40. Last good checkpoint (finite when saved): "
+            f"{checkpoint.step_dir(ckpts, 20)} (kept unchanged).") in message
+    assert message.endswith("Free space on it, then continue with --resume.")
+    assert checkpoint.list_steps(ckpts) == [20] and not list(ckpts.glob(".tmp*"))
+    evaluations = json.loads((config.path / "eval.json").read_text())["evaluations"]
+    assert [e["gradient_step"] for e in evaluations] == ([20] if full_at != "checkpoint"
+                                                         else [20, 40])
+    assert _csv_steps(config.path) == ([10, 20, 30] if full_at == "metrics.csv"
+                                       else [10, 20, 30, 40])
+
+    full["on"] = False  # space again
+    training.train(dataclasses.replace(config, resume=True), agent_config)
+    assert checkpoint.list_steps(ckpts) == [20, 40]
+    evaluations = json.loads((config.path / "eval.json").read_text())["evaluations"]
+    assert [e["gradient_step"] for e in evaluations] == [20, 40]
+    assert _csv_steps(config.path) == [10, 20, 30, 40]
 
 
 def test_a_run_directory_has_one_owner(tiny, fast_loop, tmp_path):

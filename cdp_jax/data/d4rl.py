@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cdp_jax import files
 from cdp_jax.data.builders.writer import check_target, directory_size, episode_buffer, write_dataset
+from cdp_jax.data.dataset import DatasetCorruptError
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
@@ -95,23 +97,34 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """The flat D4RL arrays of ``path`` (``REQUIRED_KEYS`` and ``next_observations`` if present).
 
     Raises :class:`D4RLFormatError` naming every missing key (and the keys the file has), or
-    arrays whose lengths disagree.
+    arrays whose lengths disagree; :class:`cdp_jax.data.dataset.DatasetCorruptError` if h5py
+    cannot read the file (truncated, not HDF5, no permission).
     """
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"D4RL file {path} is a directory; pass the .hdf5 file in it.")
     if not path.is_file():
         raise FileNotFoundError(f"D4RL file {path} does not exist.")
-    with h5py.File(path, "r") as f:
-        present = sorted(f.keys())
-        missing = [k for k in REQUIRED_KEYS if k not in f]
-        if missing:
-            raise D4RLFormatError(
-                f"{path} is not a D4RL dataset file: missing key(s) {missing}; D4RL files hold "
-                f"{list(REQUIRED_KEYS)} (+ optional next_observations, infos/*); this file has "
-                f"{present}.")
-        keys = REQUIRED_KEYS + (("next_observations",) if "next_observations" in f else ())
-        data = {k: np.asarray(f[k]) for k in keys}
+    try:
+        with h5py.File(path, "r") as f:
+            present = sorted(f.keys())
+            missing = [k for k in REQUIRED_KEYS if k not in f]
+            if missing:
+                raise D4RLFormatError(
+                    f"{path} is not a D4RL dataset file: missing key(s) {missing}; D4RL files "
+                    f"hold {list(REQUIRED_KEYS)} (+ optional next_observations, infos/*); this "
+                    f"file has {present}.")
+            keys = REQUIRED_KEYS + (("next_observations",) if "next_observations" in f else ())
+            data = {k: np.asarray(f[k]) for k in keys}
+    except (OSError, KeyError) as err:  # h5py: truncated, not HDF5, unreadable, damaged dataset
+        todo = (files.disk_cause(err) or "download it again (a truncated download is the usual "
+                "cause)")
+        raise DatasetCorruptError(
+            f"D4RL file {path} is unreadable ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:300]}); nothing was imported. To import it, "
+            f"{todo}, then run the import again.") from None
     lengths = {k: v.shape[0] if v.ndim else None for k, v in data.items()}
     if len(set(lengths.values())) != 1:
         raise D4RLFormatError(f"{path}: arrays have different lengths {lengths}.")

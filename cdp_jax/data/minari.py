@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cdp_jax import files
 from cdp_jax.data import dataset_ids
 from cdp_jax.data.dataset import (
     DatasetCorruptError,
@@ -93,6 +94,9 @@ def _open(dataset_id: str):
 
 
 def _corrupt_message(dataset_id: str, error: Exception) -> str:
+    if cause := files.disk_cause(error):  # readable once the file system allows: keep the data
+        return (f"Minari dataset {dataset_id!r} at {dataset_path(dataset_id)} cannot be read: "
+                f"{cause}, then run the command again (the dataset itself is not touched).")
     builder = dataset_ids.local_build_command(dataset_id)
     if builder:
         how = f"`{builder} --overwrite`"

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cdp_jax import files
 from cdp_jax.data.dataset import (
     DatasetCorruptError,
     DatasetNotFoundError,
@@ -95,8 +96,10 @@ def load(
     except ObservationKeyError:
         raise
     except (OSError, KeyError) as e:
+        todo = files.disk_cause(e) or "download it again (a truncated download is the usual cause)"
         raise DatasetCorruptError(
-            f"robomimic file {path} is unreadable (corrupt or truncated: {type(e).__name__}: {e})"
+            f"robomimic file {path} is unreadable ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]}); to read it, {todo}"
         ) from e
     extras = {}
     if env_args is not None:

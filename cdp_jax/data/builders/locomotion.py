@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cdp_jax import files
 from cdp_jax.data.builders.writer import (
     check_target,
     directory_size,
@@ -309,8 +310,11 @@ def reference_scores(env: str, policy_dir: str | Path, expert_step: int, *,
     key = {"expert_step": expert_step, "num_random_episodes": num_random_episodes,
            "num_expert_episodes": num_expert_episodes}
     if cache.exists():
-        saved = json.loads(cache.read_text())
-        if all(saved.get(k) == v for k, v in key.items()):
+        try:
+            saved = json.loads(cache.read_text())
+        except (OSError, ValueError):  # damaged: computed again and rewritten
+            saved = {}
+        if isinstance(saved, dict) and all(saved.get(k) == v for k, v in key.items()):
             return saved
     random_returns = _episode_returns(None, env, num_random_episodes, REFERENCE_SEED)
     state, _ = sac_train.load_actor(policy_dir, expert_step)
@@ -318,7 +322,7 @@ def reference_scores(env: str, policy_dir: str | Path, expert_step: int, *,
     scores = {**key, "ref_min_score": float(np.mean(random_returns)),
               "ref_min_std": float(np.std(random_returns)),
               "ref_max_score": expert["return_mean"], "ref_max_std": expert["return_std"]}
-    cache.write_text(json.dumps(scores, indent=2))
+    files.write_json(cache, scores)
     return scores
 
 

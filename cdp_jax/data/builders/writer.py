@@ -9,6 +9,11 @@ short of the process itself being killed (SIGKILL, out of memory, power loss). A
 an exclusive lock on ``build.lock`` in its scratch directory, which the system releases when the
 process dies, so the next build (:func:`check_target`) can tell a killed build's scratch directory
 from a running one's: it removes the killed ones and says so (:func:`remove_stale_scratch`).
+
+A build that will not fit (estimated from the arrays before anything is written: h5py crashes the
+interpreter when a write fails for want of space) or that the file system refuses raises
+:class:`cdp_jax.files.WriteError`; nothing is left under the datasets root, and a dataset being
+replaced stays as it was.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from cdp_jax import files
 
 try:
     import fcntl
@@ -175,7 +182,11 @@ def check_target(dataset_id: str, overwrite: bool) -> Path:
             f"dataset_id {dataset_id!r} is malformed: Minari ids look like "
             "'namespace/name-v<version>', e.g. 'cdp/pointmaze/umaze-v0'"
         ) from e
-    root = Path(get_dataset_path())
+    try:
+        root = Path(get_dataset_path())  # creates the datasets root if missing
+    except OSError as e:
+        raise files.write_error(e.filename or "the Minari datasets root", e,
+                                "Nothing was written.") from None
     for line in remove_stale_scratch(root):
         print(f"note: {line}", file=sys.stderr, flush=True)
     final = root / dataset_id
@@ -223,36 +234,80 @@ def write_dataset(
     final = check_target(dataset_id, overwrite)
     namespace, _, _ = parse_dataset_id(dataset_id)
     root = Path(get_dataset_path())
-    with _scratch_directory(root, dataset_id) as scratch:
-        with _datasets_root(scratch), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module="minari")
-            create_dataset_from_buffers(
-                dataset_id,
-                list(episodes),
-                env=env,
-                eval_env=eval_env,
-                algorithm_name=algorithm_name,
-                author=author,
-                author_email="n/a",
-                code_permalink=code_permalink,
-                ref_min_score=ref_min_score,
-                ref_max_score=ref_max_score,
-                description=description,
-            )
-        # Namespace metadata files (one per level) that the real root does not have yet.
-        if namespace is not None:
-            parts = namespace.split("/")
-            for i in range(1, len(parts) + 1):
-                level = Path(*parts[:i]) / "namespace_metadata.json"
-                if not (root / level).exists() and (scratch / level).exists():
-                    (root / level).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(scratch / level, root / level)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            # Move the old dataset aside first so the id always names a complete dataset.
-            os.replace(final, scratch / "previous")
-        os.replace(scratch / dataset_id, final)
+    kept = ("Nothing was written; the existing dataset is unchanged." if final.exists()
+            else "Nothing was written.")
+    episodes = list(episodes)
+    _check_free_space(root, final, episodes, kept)
+    try:
+        with _scratch_directory(root, dataset_id) as scratch:
+            with _datasets_root(scratch), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning, module="minari")
+                create_dataset_from_buffers(
+                    dataset_id,
+                    episodes,
+                    env=env,
+                    eval_env=eval_env,
+                    algorithm_name=algorithm_name,
+                    author=author,
+                    author_email="n/a",
+                    code_permalink=code_permalink,
+                    ref_min_score=ref_min_score,
+                    ref_max_score=ref_max_score,
+                    description=description,
+                )
+            # Namespace metadata files (one per level) that the real root does not have yet.
+            if namespace is not None:
+                parts = namespace.split("/")
+                for i in range(1, len(parts) + 1):
+                    level = Path(*parts[:i]) / "namespace_metadata.json"
+                    if not (root / level).exists() and (scratch / level).exists():
+                        (root / level).parent.mkdir(parents=True, exist_ok=True)
+                        files.write_text(root / level, (scratch / level).read_text())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                # Move the old dataset aside first so the id always names a complete dataset.
+                os.replace(final, scratch / "previous")
+                try:
+                    os.replace(scratch / dataset_id, final)
+                except OSError:
+                    os.replace(scratch / "previous", final)  # back, before scratch is removed
+                    raise
+            else:
+                os.replace(scratch / dataset_id, final)
+    except files.WriteError as e:
+        raise files.write_error(final, e, kept) from None
+    except Exception as e:
+        if not files.is_disk_error(e):
+            raise
+        raise files.write_error(final, e, kept) from None
     return final
+
+
+def _nbytes(value) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+        return sum(_nbytes(v) for v in value)
+    return np.asarray(value).nbytes
+
+
+def _check_free_space(root: Path, final: Path, episodes: Sequence, kept: str) -> None:
+    """Refuse a build that cannot fit under ``root``. Checked before writing because h5py kills
+    the interpreter (segmentation fault) when it closes a file whose write failed for want of
+    space: the error would never reach Python."""
+    needed = sum(_nbytes(getattr(ep, name)) for ep in episodes
+                 for name in ("observations", "actions", "rewards", "terminations", "truncations",
+                              "infos"))
+    # HDF5's layout: about 15-30 KiB of headers per episode (measured), plus the metadata.
+    needed = int(needed * 1.1) + 48 * 2**10 * len(episodes) + 2**20
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise files.WriteError(
+            final, f"not enough free space (the dataset needs about {needed / 2**20:.1f} MiB; "
+            f"{root} has {free / 2**20:.1f} MiB free)", kept,
+            "free space there, or set MINARI_DATASETS_PATH to a directory on a larger disk")
 
 
 def directory_size(path: Path) -> int:
