@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdp_jax import cli, stats  # noqa: E402
+from cdp_jax import cli, files, stats  # noqa: E402
 
 ARM_COLORS = {"vanilla": "tab:gray", "edp": "tab:gray", "cdp": "tab:blue"}
 KEYS = (("running_average", "normalized_score"), ("last", "normalized_score"),
@@ -434,6 +434,21 @@ def ablation_bars(abl: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def load_results(path: Path) -> dict | None:
+    """A study's results file (``None`` if it does not exist); ``ValueError`` naming it and how
+    to get it back if it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+            "nothing was written. Restore it (`git checkout -- <file>` for the committed "
+            "results), or move it away and rebuild it from the run directories with the study's "
+            "--collect-only.") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -451,8 +466,7 @@ def main(argv=None) -> int:
     fig = lambda name: figures / f"{args.prefix}_{name}.png"
     results, figures = Path(args.results), Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)
-    load = lambda name: (json.loads((results / f"{name}.json").read_text())
-                         if (results / f"{name}.json").exists() else None)
+    load = lambda name: load_results(results / f"{name}.json")
     offline, imitation = load(layout["offline"]), load(layout["imitation"])
     ablations = [(name, r) for name in layout["ablations"] if (r := load(name))]
     lines = [f"# {args.label} studies: generated tables", "",
@@ -497,7 +511,7 @@ def main(argv=None) -> int:
     if present:
         lines += diagnostics_table(present, "Contraction diagnostics of the final EMA actors")
         lines += cost_table(present, "Compute spent")
-    (results / "tables.md").write_text("\n".join(lines))
+    files.write_text(results / "tables.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 
