@@ -56,6 +56,23 @@ def paired_verdict(differences) -> str:
     return "B" if s["mean"] > 0 else "A"
 
 
+def equivalence_verdict(differences, margin: float) -> str:
+    """An equivalence test on per-seed differences ``b - a`` with a margin fixed in advance:
+    ``"equivalent"`` when their whole 95% t-interval lies inside ``(-margin, margin)``,
+    ``"different"`` when it excludes 0 (and is not inside the margin), ``"inconclusive"`` when it
+    contains 0 but reaches past a margin (too few seeds or too much spread to tell), or there is
+    a single seed."""
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin!r}.")
+    if differences is None or len(differences) < 2:
+        return "inconclusive"
+    s = mean_ci95(differences)
+    lo, hi = s["mean"] - s["ci95"], s["mean"] + s["ci95"]
+    if -margin < lo and hi < margin:
+        return "equivalent"
+    return "different" if lo > 0 or hi < 0 else "inconclusive"
+
+
 def format_cell(values, digits: int = 3) -> str:
     """``mean ± ci95 (n)`` for a table cell."""
     s = mean_ci95(values)

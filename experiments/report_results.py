@@ -146,6 +146,49 @@ def main_table(record: dict, title: str, base: str = "vanilla", rule: str = "ove
     return lines + status_lines(record, unpaired)
 
 
+def fast_table(record: dict, margin: float, base: str = "edp") -> list[str]:
+    """The fast penalty's arm beside the exact one (``cdp``) and weight 0 (``base``), row by row:
+    the paired fast - exact difference judged by :func:`cdp_jax.stats.equivalence_verdict` with
+    ``margin`` (fixed before the cells ran), fast - ``base`` by the paired rule; then `mu` at the
+    lowest noise level, the action spread and the wall-clock of every arm."""
+    lines = [f"### {record.get('title', 'The fast penalty')}", "",
+             f"Equivalence margin ±{margin:g} points of normalised score (paired fast - cdp, 95% "
+             "t-interval): equivalent inside it, different when the interval excludes 0 and "
+             "is not inside, inconclusive otherwise.", "",
+             f"| row | metric | {base} (w = 0) | cdp (exact) | fast | paired fast - cdp | "
+             f"verdict (±{margin:g}) | paired fast - {base} | verdict vs {base} |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    unpaired, rows = [], pairs(record)
+    for group, arms in rows.items():
+        if not all(a in arms for a in (base, "cdp", "fast")):
+            unpaired.append(f"{group} (only {', '.join(arms)})")
+            continue
+        for where, metric in KEYS:
+            if metric == "success_rate":
+                continue
+            a, b, c = (values(arms[arm], where, metric) for arm in (base, "cdp", "fast"))
+            to_exact = paired(arms["cdp"], arms["fast"], where, metric)
+            to_base = paired(arms[base], arms["fast"], where, metric)
+            lines.append(
+                f"| {group} | {metric_label(where, metric, arms['cdp'])} | {fmt(a)} | {fmt(b)} | "
+                f"{fmt(c)} | {fmt(to_exact)} | {stats.equivalence_verdict(to_exact, margin)} | "
+                f"{fmt(to_base)} | {verdict(a, c, base, 'fast', diff=to_base, rule='paired')} |")
+    lines += ["", "| row | arm | mu network (lowest) | action spread | training h | "
+              "evaluation h | training s per 1,000 steps |", "|---|---|---|---|---|---|---|"]
+    for group, arms in rows.items():
+        for arm in (base, "cdp", "fast"):
+            if arm not in arms:
+                continue
+            cell, cost = arms[arm], arms[arm].get("cost") or {}
+            per_k = (f"{1000 * cost['train_s'] / cell['steps']:.0f}" if cost else "not recorded")
+            hours = [f"{cost[k] / 3600:.2f}" if cost else "-" for k in ("train_s", "eval_s")]
+            lines.append(f"| {group} | {arm} | {fmt(diag_values(cell, 'mu_network_lowest'), 2)} | "
+                         f"{fmt(diag_values(cell, 'action_spread'), 3)} | {hours[0]} | "
+                         f"{hours[1]} | {per_k} |")
+    lines.append("")
+    return lines + status_lines(record, unpaired)
+
+
 def _no_success(group: str, prefixes: tuple[str, ...]) -> bool:
     return bool(prefixes) and group.startswith(prefixes)
 
@@ -214,7 +257,10 @@ LAYOUTS = {
     "paper": {"offline": "rl", "imitation": "il", "ablations": ("sweep", "quirks"),
               "base": "edp", "ablation_base": {"quirks": "cdp"}, "mu_group": None,  # every row
               "rule": "paired", "no_success": ("hopper",),
-              "imitation_metric": "normalized_score"},
+              "imitation_metric": "normalized_score",
+              # The fast penalty's study and its equivalence margin (docs/RESULTS.md, fixed
+              # before its cells ran).
+              "fast": "fast", "fast_margin": 3.0},
 }
 
 
@@ -503,11 +549,15 @@ def main(argv=None) -> int:
                                 success)
         ablation_bars(abl, fig(name))
         ablation_curves(abl, "normalized_score", fig(f"{name}_curves"))
+    fast = load(layout["fast"]) if layout.get("fast") else None
+    if fast:
+        lines += fast_table(fast, layout["fast_margin"], base)
     present = [r for r in (offline, imitation) if r]
     listed = {name for r in present for name in r["cells"]}
-    for _, abl in ablations:  # their reference cells are the main study's, listed there already
-        present.append({"cells": {k: v for k, v in abl["cells"].items() if k not in listed}})
-        listed |= set(abl["cells"])
+    for _, extra in [*ablations, ("fast", fast)] if fast else ablations:
+        # their reference cells are the main studies', listed there already
+        present.append({"cells": {k: v for k, v in extra["cells"].items() if k not in listed}})
+        listed |= set(extra["cells"])
     if present:
         lines += diagnostics_table(present, "Contraction diagnostics of the final EMA actors")
         lines += cost_table(present, "Compute spent")

@@ -77,3 +77,23 @@ def test_the_results_already_recorded_still_report(tmp_path):
     tables = (results / "tables.md").read_text()
     assert "| hopper" in tables and not any(
         r.startswith("| hopper") and "| success" in r for r in tables.splitlines())
+
+
+def test_fast_table_judges_fast_against_exact_with_the_margin():
+    """The fast study's table: fast - cdp by the equivalence rule, fast - edp by the paired
+    rule; a row without all three arms is listed as left out, not judged."""
+    cells = dict([
+        _cell("a_edp", "push 100%", "edp", [50.0, 60.0, 70.0, 80.0, 90.0]),
+        _cell("a_cdp", "push 100%", "cdp", [60.0, 70.0, 80.0, 90.0, 100.0]),
+        _cell("a_fast", "push 100%", "fast", [60.5, 69.5, 80.2, 89.8, 100.0]),
+        _cell("b_edp", "umaze 100%", "edp", [50.0, 60.0, 70.0, 80.0, 90.0]),
+        _cell("b_cdp", "umaze 100%", "cdp", [50.0, 60.0, 70.0, 80.0, 90.0]),
+        _cell("b_fast", "umaze 100%", "fast", [40.0, 51.0, 59.0, 70.5, 79.5]),
+        _cell("c_cdp", "push 10%", "cdp", [10.0, 20.0]),
+    ])
+    text = "\n".join(report_results.fast_table({"cells": cells}, margin=3.0))
+    push = [ln for ln in text.splitlines() if ln.startswith("| push 100% | score, running")]
+    umaze = [ln for ln in text.splitlines() if ln.startswith("| umaze 100% | score, running")]
+    assert "| equivalent |" in push[0] and "**fast**" in push[0]  # +10 over edp on every seed
+    assert "| different |" in umaze[0] and "**edp**" in umaze[0]  # 10 below both
+    assert "push 10% (only cdp)" in text

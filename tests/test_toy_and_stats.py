@@ -64,6 +64,19 @@ def test_paired_verdict_uses_the_interval_of_the_differences():
     assert stats.paired_verdict([3.0]) == "tie" and stats.paired_verdict(None) == "tie"
 
 
+def test_equivalence_verdict_against_a_margin():
+    # mean 1.0, 95% t-interval half-width 2.776 * 0.1 / sqrt(5) = 0.124 (4 dof)
+    tight = [0.9, 1.0, 1.1, 0.95, 1.05]
+    assert stats.equivalence_verdict(tight, margin=3.0) == "equivalent"  # inside, though != 0
+    assert stats.equivalence_verdict(tight, margin=1.0) == "different"  # excludes 0, past 1
+    assert stats.equivalence_verdict([-4.0, 4.0, -3.0, 3.0], margin=3.0) == "inconclusive"
+    assert stats.equivalence_verdict([5.0, 6.0, 5.5, 6.5], margin=3.0) == "different"
+    assert stats.equivalence_verdict([0.1, -0.1, 0.2, -0.2], margin=3.0) == "equivalent"
+    assert stats.equivalence_verdict([1.0], margin=3.0) == "inconclusive"
+    with pytest.raises(ValueError, match="margin"):
+        stats.equivalence_verdict(tight, margin=0.0)
+
+
 @pytest.mark.slow
 def test_toy_study_quick_runs(tmp_path):
     from experiments import toy_study
