@@ -32,6 +32,8 @@ from pathlib import Path
 
 import study_diagnostics
 
+from cdp_jax import files
+
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SOLVER_STEPS = (5, 15, 50)
 MAIN_WEIGHT = 0.1  # the paper's default, fixed for every main cell (not tuned here)
@@ -289,8 +291,21 @@ def recorded_cell(record: dict | None, cell: Cell, args) -> dict | None:
 def own_record(cell: Cell, args) -> dict | None:
     """A cell's entry in its own study's ``<out>/<cell.study>.json`` (a table may hold cells of
     another study, e.g. the reference arms it compares with), or None."""
-    path = Path(args.out) / f"{cell.study}.json"
-    return json.loads(path.read_text())["cells"].get(cell.name) if path.exists() else None
+    return recorded_cells(Path(args.out) / f"{cell.study}.json").get(cell.name)
+
+
+def recorded_cells(path: Path) -> dict:
+    """The ``cells`` of a results JSON (``{}`` if there is none); ``ValueError`` naming the file
+    if it cannot be read: nothing is written then, since cells recorded only there would be lost."""
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())["cells"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+            "nothing was written (cells recorded only there would be lost). Restore it "
+            f"(`git checkout -- {path}` for committed results), then run again.") from None
 
 
 def finished_elsewhere(cell: Cell, args) -> bool:
@@ -311,7 +326,7 @@ def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Pa
     and command."""
     out = Path(args.out) / f"{study}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    recorded = json.loads(out.read_text())["cells"] if out.exists() else {}
+    recorded = recorded_cells(out)
     results = {}
     for cell in cells:
         result = collect_cell(cell, args)
@@ -327,7 +342,7 @@ def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Pa
               "cells": results, "missing": [c.name for c in cells if c.name not in results]}
     if title is not None:
         record["title"] = title
-    out.write_text(json.dumps(record, indent=1))
+    files.write_json(out, record, indent=1)  # a failed write keeps the previous file
     return out
 
 

@@ -355,6 +355,39 @@ def test_collect_keeps_recorded_cells_whose_runs_are_gone(tmp_path, capsys):
     assert f"{stale.name}: the recorded result is of another configuration" in capsys.readouterr().out
 
 
+def test_collect_never_loses_the_recorded_results(tmp_path, monkeypatch):
+    """A results JSON cut short stops the collection with one message (nothing written: cells
+    recorded only there would be lost); a disk that fills while writing keeps the old file."""
+    import errno
+    import os
+
+    from cdp_jax import files
+
+    args = paper_study.parse_args(["--runs-root", str(tmp_path / "runs"), "--out",
+                                   str(tmp_path / "out"), "--no-diagnostics"])
+    grid = paper_study.cells_for("rl", ("umaze",))
+    out = tmp_path / "out" / "rl.json"
+    out.parent.mkdir()
+    out.write_text('{"cells": {"umaze')
+    with pytest.raises(ValueError, match=f"{out} is unreadable .JSONDecodeError.*nothing was "
+                                         "written.*git checkout"):
+        study_runner.collect("rl", grid, args)
+    assert out.read_text() == '{"cells": {"umaze'
+
+    out.write_text(json.dumps({"cells": {}}))
+    write_text = Path.write_text
+
+    def full(self, text, *a, **k):
+        write_text(self, text[:10], *a, **k)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(files.WriteError, match="The previous rl.json is unchanged"):
+        study_runner.collect("rl", grid, args)
+    monkeypatch.undo()
+    assert json.loads(out.read_text()) == {"cells": {}}
+
+
 @pytest.mark.parametrize("layout,metric", [("paper", "normalized_score"),
                                            ("pointmaze", "success_rate")])
 def test_imitation_figures_plot_the_layouts_metric(tmp_path, monkeypatch, layout, metric):
