@@ -278,9 +278,19 @@ def recorded_cell(record: dict | None, cell: Cell, args) -> dict | None:
             del words[i:i + 2]
         return words
 
-    same = (record.get("cell") == json.loads(json.dumps(dataclasses.asdict(cell)))
-            and configuration(record.get("command", "")) ==
-            configuration(cell.display_command(args)))
+    now = json.loads(json.dumps(dataclasses.asdict(cell)))
+    if "command" not in record:
+        # Written before cells recorded their commands (the PointMaze and Fetch studies): judged
+        # on the cell's fields (a field added since takes its default) and its steps. Dropping
+        # it would empty a committed results file on a machine without its run directories.
+        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(Cell)
+                                          if f.default is not dataclasses.MISSING}))
+        recorded = record.get("cell") or {}
+        same = (all(recorded.get(k, defaults.get(k)) == v for k, v in now.items())
+                and record.get("steps") == (cell.steps or args.steps))
+    else:
+        same = (record.get("cell") == now and configuration(record["command"]) ==
+                configuration(cell.display_command(args)))
     if not same:
         print(f"  {cell.name}: the recorded result is of another configuration; dropped "
               f"(recorded: {record.get('command')})", flush=True)

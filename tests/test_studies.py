@@ -355,6 +355,30 @@ def test_collect_keeps_recorded_cells_whose_runs_are_gone(tmp_path, capsys):
     assert f"{stale.name}: the recorded result is of another configuration" in capsys.readouterr().out
 
 
+def test_collect_keeps_entries_recorded_before_commands_were(tmp_path, capsys):
+    """The PointMaze and Fetch results were written before cells recorded their commands (and
+    before Cell had its later fields): such an entry is judged on its cell's fields and steps,
+    so a --collect-only on a machine without runs/ keeps it; one of another weight is dropped."""
+    args = pointmaze_study.parse_args(["--runs-root", str(tmp_path / "runs"), "--out",
+                                       str(tmp_path / "out"), "--no-diagnostics"])
+    grid = pointmaze_study.cells_for("offline_rl", ("umaze",))
+    kept, stale = grid[0], grid[1]
+    entries = {}
+    for cell, weight in ((kept, kept.weight), (stale, stale.weight + 1.0)):
+        name, entry = _fake_cell(cell.name, cell.group, cell.arm, [1.0, 2.0])
+        old_fields = {k: v for k, v in dataclasses.asdict(cell).items()
+                      if k not in ("preset", "steps", "eval_factor")}
+        entry["cell"] = json.loads(json.dumps({**old_fields, "weight": weight}))
+        entry["steps"] = args.steps
+        entries[name] = entry
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "offline_rl.json").write_text(json.dumps({"cells": entries}))
+    record = json.loads(study_runner.collect("offline_rl", grid, args).read_text())
+    assert record["cells"] == {kept.name: entries[kept.name]}
+    assert stale.name in record["missing"]
+    assert f"{stale.name}: the recorded result is of another configuration" in capsys.readouterr().out
+
+
 def test_collect_never_loses_the_recorded_results(tmp_path, monkeypatch):
     """A results JSON cut short stops the collection with one message (nothing written: cells
     recorded only there would be lost); a disk that fills while writing keeps the old file."""
