@@ -180,6 +180,20 @@ def test_paper_study_grid():
     assert hopper[hopper.index("--checkpoint-every") + 1] == "2000"
     with pytest.raises(ValueError, match="Unknown study"):
         paper_study.cells_for("bogus", ())
+    # The fast study: the exact-penalty cells' commands with the fast preset, beside both
+    # recorded arms of each row.
+    fast = paper_study.cells_for("fast", ("push", "umaze"), il_steps=300)
+    assert [c.name for c in fast] == ["il_push_f100_fast", "il_push_f10_fast",
+                                      "il_umaze_f100_fast", "rl_umaze_f100_fast"]
+    assert [c.preset for c in fast] == ["paper-il-fast"] * 3 + ["paper-fast"]
+    references = paper_study.reference_cells("fast", ("push", "umaze"), il_steps=300)
+    assert {c.arm for c in references} == {"edp", "cdp"} and len(references) == 8
+    for cell in fast:
+        exact = next(c for c in references if c.name == cell.name.replace("_fast", "_cdp"))
+        words = lambda c: c.command(args)[:c.command(args).index("--name")]
+        assert words(cell) == words(exact)  # the same run but for --preset (after --name)
+        assert dataclasses.replace(cell, study=exact.study, name=exact.name, arm="cdp",
+                                   preset=exact.preset) == exact
 
 
 def test_study_cell_resumes_in_the_middle(tmp_path, monkeypatch):
