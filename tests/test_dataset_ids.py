@@ -38,11 +38,15 @@ def _help(entry, args) -> str:
 
 
 def _help_texts() -> dict[str, str]:
-    """``--help`` of every script in experiments/, and of each subcommand."""
+    """``--help`` of every script in experiments/, and of each subcommand; the docstring of a
+    module there that is no command (the studies' shared runner and diagnostics)."""
     texts = {}
     for path in sorted((ROOT / "experiments").glob("*.py")):
         module = _load(path)
-        entry = getattr(module, "parse_args", None) or module.main
+        entry = getattr(module, "parse_args", None) or getattr(module, "main", None)
+        if entry is None:
+            texts[path.name] = module.__doc__ or ""
+            continue
         texts[path.name] = text = _help(entry, [])
         usage = text.split("\n\n")[0]
         subcommands = re.search(r"\{([\w,-]+)\}\s+\.\.\.", usage)
