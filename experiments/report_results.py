@@ -158,7 +158,12 @@ def fast_table(record: dict, margin: float, base: str = "edp") -> list[str]:
              f"| row | metric | {base} (w = 0) | cdp (exact) | fast | paired fast - cdp | "
              f"verdict (±{margin:g}) | paired fast - {base} | verdict vs {base} |",
              "|---|---|---|---|---|---|---|---|---|"]
-    unpaired, rows = [], pairs(record)
+    # Offline-RL and imitation rows may share a group name ("umaze 100%"): key them by both.
+    rows: dict[str, dict[str, dict]] = {}
+    for cell in record["cells"].values():
+        kind = "imitation" if cell["cell"].get("agent") == "dbc" else "offline RL"
+        rows.setdefault(f"{kind}, {cell['cell']['group']}", {})[cell["cell"]["arm"]] = cell
+    unpaired = []
     for group, arms in rows.items():
         if not all(a in arms for a in (base, "cdp", "fast")):
             unpaired.append(f"{group} (only {', '.join(arms)})")

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import report_results  # noqa: E402
 
 
-def _cell(name, group, arm, scores, success=None, sem=None):
+def _cell(name, group, arm, scores, success=None, sem=None, agent="dql"):
     """A collected cell (``collect_cell``'s layout): per seed a score, a success rate (None: the
     environment has none) and the evaluations' standard error (None: not recorded)."""
     seeds = {}
@@ -30,7 +30,8 @@ def _cell(name, group, arm, scores, success=None, sem=None):
                          "curve": [{"step": s, "normalized_score": score, "success_rate": success}
                                    for s in (10, 20)],
                          "diagnostics": None, "solver_steps": {}, "final_train_log": {}}
-    return name, {"cell": {"name": name, "group": group, "arm": arm}, "seeds": seeds}
+    return name, {"cell": {"name": name, "group": group, "arm": arm, "agent": agent},
+                  "seeds": seeds}
 
 
 def test_no_success_rows_and_evaluation_standard_errors(tmp_path, monkeypatch):
@@ -89,11 +90,18 @@ def test_fast_table_judges_fast_against_exact_with_the_margin():
         _cell("b_edp", "umaze 100%", "edp", [50.0, 60.0, 70.0, 80.0, 90.0]),
         _cell("b_cdp", "umaze 100%", "cdp", [50.0, 60.0, 70.0, 80.0, 90.0]),
         _cell("b_fast", "umaze 100%", "fast", [40.0, 51.0, 59.0, 70.5, 79.5]),
+        # imitation on the same maze and fraction: the same group name, another row
+        _cell("d_edp", "umaze 100%", "edp", [1.0, 2.0, 3.0, 4.0, 5.0], agent="dbc"),
+        _cell("d_cdp", "umaze 100%", "cdp", [1.0, 2.0, 3.0, 4.0, 5.0], agent="dbc"),
+        _cell("d_fast", "umaze 100%", "fast", [1.1, 2.0, 2.9, 4.0, 5.0], agent="dbc"),
         _cell("c_cdp", "push 10%", "cdp", [10.0, 20.0]),
     ])
     text = "\n".join(report_results.fast_table({"cells": cells}, margin=3.0))
-    push = [ln for ln in text.splitlines() if ln.startswith("| push 100% | score, running")]
-    umaze = [ln for ln in text.splitlines() if ln.startswith("| umaze 100% | score, running")]
+    row = lambda name: [ln for ln in text.splitlines()
+                        if ln.startswith(f"| {name} | score, running")]
+    push, umaze, il_umaze = (row("offline RL, push 100%"), row("offline RL, umaze 100%"),
+                             row("imitation, umaze 100%"))
     assert "| equivalent |" in push[0] and "**fast**" in push[0]  # +10 over edp on every seed
     assert "| different |" in umaze[0] and "**edp**" in umaze[0]  # 10 below both
-    assert "push 10% (only cdp)" in text
+    assert "| equivalent |" in il_umaze[0]
+    assert "offline RL, push 10% (only cdp)" in text
