@@ -170,7 +170,6 @@ def exact_max_sym_eigenvalue(fn: Callable, x: jax.Array) -> jax.Array:
 
 
 FROBENIUS_SCALES = {"dim": lambda d: d, "dim_squared": lambda d: d * d}
-FROBENIUS_ESTIMATORS = ("hutchinson", "jvp_pairs", "exact")
 
 
 def sym_jacobian_frobenius(fn: Callable, x: jax.Array, key: jax.Array, *, shift: float = 0.1,
@@ -270,16 +269,21 @@ class ContractionConfig:
       frobenius_lambda: the Frobenius form's target ``sym J -> -frobenius_lambda I``.
       frobenius_scale: ``"dim"`` (mean squared eigenvalue, d-independent) or ``"dim_squared"``
         (the official code's mean over the d^2 entries).
-      frobenius_estimator: ``"hutchinson"`` (matrix-free, ``num_probes`` JVP + VJP pairs per
-        sample, unbiased) or ``"exact"`` (the whole Jacobian by forward mode, ``d`` JVPs per
-        sample; what the official code computes, by ``d`` backward passes).
+      frobenius_estimator: ``"hutchinson"`` (``num_probes`` Rademacher probes per sample, one
+        JVP and one VJP each, through one linearisation), ``"jvp_pairs"`` (``num_probes`` pairs
+        of probes per sample, forward mode only: see :func:`_jvp_pairs_frobenius_batch`); both
+        unbiased for the value and its parameter gradient, and matrix-free; or ``"exact"`` (the
+        whole Jacobian, ``d`` VJPs per sample; what the official code computes, by ``d``
+        backward passes).
       target: ``"network"`` or ``"drift"`` (see the module docstring).
       window: fraction of noise levels penalised, lowest first (``time_fraction(t) <= window``);
         0.1 is the official offline-RL default (t < 5 of 50), 1.0 penalises all.
       num_penalised: static number of samples penalised per batch: an int, a fraction of the batch
-        in (0, 1], or ``None`` for ``ceil(window * batch)`` (the expected in-window count).
+        in (0, 1], or ``None`` for ``ceil(window * batch)`` (the expected in-window count). Taken
+        at random among the in-window samples, each equally likely, so the penalty is an unbiased
+        estimate of the mean over all of them (exact when they fit).
       num_iters: Lanczos steps ``K`` for the eigen penalty.
-      num_probes: Hutchinson probes per sample for the Frobenius penalty.
+      num_probes: probes (``"hutchinson"``) or probe pairs (``"jvp_pairs"``) per sample.
     """
 
     weight: float = 0.0
@@ -327,27 +331,6 @@ class ContractionConfig:
         if isinstance(n, float):
             n = math.ceil(n * batch - 1e-9)
         return max(1, min(int(n), batch))
-
-
-def _eigen_penalty(fn, x, key, config):
-    mu = max_sym_eigenvalue(fn, x, key, num_iters=config.num_iters)
-    return jnp.square(jax.nn.relu(mu + config.margin)), {"mu": mu}
-
-
-def _frobenius_penalty(fn, x, key, config):
-    if config.frobenius_estimator == "exact":
-        f, xf = _flat(fn, x)
-        jac = jax.jacfwd(f)(xf)
-        sym = 0.5 * (jac + jac.T)
-        m = sym + config.frobenius_lambda * jnp.eye(xf.shape[0], dtype=jac.dtype)
-        value = jnp.sum(jnp.square(m)) / FROBENIUS_SCALES[config.frobenius_scale](xf.shape[0])
-        return value, {"sym_jacobian_norm": jnp.sqrt(jnp.sum(jnp.square(sym)))}
-    value = sym_jacobian_frobenius(fn, x, key, shift=config.frobenius_lambda,
-                                   num_probes=config.num_probes, scale=config.frobenius_scale)
-    return value, {}
-
-
-PENALTIES = {"eigen": _eigen_penalty, "frobenius": _frobenius_penalty}
 
 
 # The exact penalty's tangents (samples x d x the network's widest activation) are pushed through
@@ -482,8 +465,30 @@ def _jvp_pairs_frobenius_batch(config, denoiser, schedule, x, t, cond, predictio
     return jnp.mean(values, axis=0) / FROBENIUS_SCALES[config.frobenius_scale](d), {}
 
 
-BATCHED_FROBENIUS = {"exact": _exact_frobenius_batch, "hutchinson": _hutchinson_frobenius_batch,
-                     "jvp_pairs": _jvp_pairs_frobenius_batch}
+# Every penalty and estimator maps the selected samples ``(x (n, *event), t (n,), cond)`` to
+# ``(values (n,), extras)`` with the same signature; ``key`` draws start vectors or probes.
+FROBENIUS_ESTIMATORS = {"hutchinson": _hutchinson_frobenius_batch,
+                        "jvp_pairs": _jvp_pairs_frobenius_batch, "exact": _exact_frobenius_batch}
+
+
+def _frobenius_batch(config, denoiser, schedule, x, t, cond, prediction, key):
+    return FROBENIUS_ESTIMATORS[config.frobenius_estimator](config, denoiser, schedule, x, t,
+                                                            cond, prediction, key)
+
+
+def _eigen_batch(config, denoiser, schedule, x, t, cond, prediction, key):
+    """``relu(mu + margin)^2`` per sample, ``mu`` by Lanczos (:func:`max_sym_eigenvalue`) on the
+    target of each sample (a batch of one), vmapped."""
+    def per_sample(x_i, t_i, cond_i, k):
+        cond_b = None if cond_i is None else jax.tree_util.tree_map(lambda c: c[None], cond_i)
+        fn = target_function(config.target, denoiser, schedule, t_i, cond_b, prediction)
+        mu = max_sym_eigenvalue(fn, x_i, k, num_iters=config.num_iters)
+        return jnp.square(jax.nn.relu(mu + config.margin)), {"mu": mu}
+
+    return jax.vmap(per_sample)(x, t, cond, jax.random.split(key, x.shape[0]))
+
+
+PENALTIES = {"eigen": _eigen_batch, "frobenius": _frobenius_batch}
 
 
 def select_in_window(config: ContractionConfig, schedule: Schedule, t: jax.Array, key: jax.Array):
@@ -534,19 +539,8 @@ def contraction_regulariser(config: ContractionConfig, denoiser: Callable, sched
     t_sel = jnp.where(mask, t[idx], jnp.asarray(t_low, t.dtype))
     x_sel = x_t[idx]
     cond_sel = None if cond is None else jax.tree_util.tree_map(lambda c: c[idx], cond)
-    penalty_fn = PENALTIES[config.penalty]
-
-    def per_sample(x, t_i, cond_i, k):
-        cond_b = None if cond_i is None else jax.tree_util.tree_map(lambda c: c[None], cond_i)
-        fn = target_function(config.target, denoiser, schedule, t_i, cond_b, prediction)
-        return penalty_fn(fn, x, k, config)
-
-    if config.penalty == "frobenius":
-        values, extras = BATCHED_FROBENIUS[config.frobenius_estimator](
-            config, denoiser, schedule, x_sel, t_sel, cond_sel, prediction, key_est)
-    else:
-        keys = jax.random.split(key_est, idx.shape[0])
-        values, extras = jax.vmap(per_sample)(x_sel, t_sel, cond_sel, keys)
+    values, extras = PENALTIES[config.penalty](config, denoiser, schedule, x_sel, t_sel, cond_sel,
+                                              prediction, key_est)
     weights = mask.astype(x_t.dtype)
     count = jnp.sum(weights)
     penalty = jnp.sum(weights * values) / jnp.maximum(count, 1.0)
