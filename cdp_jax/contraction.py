@@ -408,6 +408,17 @@ def _exact_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction, k
     return values, {"sym_jacobian_norm": norms}
 
 
+def _linearised_batch(config, denoiser, schedule, x, t, cond, prediction):
+    """``(xf (n, d), jvp)``: the batch flattened per sample and the JVP of the batched target at
+    it, ``v (n, d) -> (J_b v_b)_b``, from one ``jax.linearize`` (one forward pass)."""
+    shape = x.shape
+    n, d = shape[0], math.prod(shape[1:])
+    fn = _batched_target(config, denoiser, schedule, t, cond, prediction)
+    xf = x.reshape(n, d)
+    _, jvp = jax.linearize(lambda y: fn(y.reshape(shape)).reshape(n, d), xf)
+    return xf, jvp
+
+
 def _hutchinson_frobenius_batch(config, denoiser, schedule, x, t, cond, prediction, key):
     """Hutchinson estimates of the Frobenius penalty of every sample of a batch, matrix-free.
 
@@ -418,16 +429,12 @@ def _hutchinson_frobenius_batch(config, denoiser, schedule, x, t, cond, predicti
     (the network on its own batch, see :func:`_batched_target`), against ``d`` VJPs for the exact
     penalty; no ``d x d`` matrix is formed. Probes are drawn once, ``(num_probes, n, d)``, from ``key``.
     """
-    shape = x.shape
-    n, d = shape[0], math.prod(shape[1:])
-    fn = _batched_target(config, denoiser, schedule, t, cond, prediction)
-    flat = lambda y: fn(y.reshape(shape)).reshape(n, d)
-    xf = x.reshape(n, d)
-    # One linearisation serves both products: the JVP and its transpose (the VJP) share the
-    # forward pass (a jvp plus a separate vjp would run the network forward twice; at the fast
-    # presets' few samples each pass costs about as much as reading the weights once).
-    _, jvp = jax.linearize(flat, xf)
+    xf, jvp = _linearised_batch(config, denoiser, schedule, x, t, cond, prediction)
+    # The transpose of the same linearisation gives the VJP: no second forward pass (a separate
+    # jax.vjp would run the network again; at a few samples a pass costs about what reading the
+    # weights costs).
     vjp = jax.linear_transpose(jvp, xf)
+    n, d = xf.shape
     probes = jax.random.rademacher(key, (config.num_probes, n, d), xf.dtype)
 
     def squared_norms(z):
@@ -447,15 +454,12 @@ def _jvp_pairs_frobenius_batch(config, denoiser, schedule, x, t, cond, predictio
     pair of JVPs (``J z``, ``J w``: both tangents through one linearisation, one batched tangent
     pass) gives an unbiased estimate without the transposed product, which costs a second pass
     through the network and its own backward pass. Per-sample estimates can be negative (their
-    mean is the penalty); more variance per pair than :func:`_hutchinson_frobenius_batch` per
-    probe. ``config.num_probes`` pairs, averaged.
+    mean is the penalty). Its spread per pair against Hutchinson's per probe depends on the
+    Jacobian (docs/MATH.md measures both: lower on the imitation network, higher on the
+    offline-RL one). ``config.num_probes`` pairs, averaged.
     """
-    shape = x.shape
-    n, d = shape[0], math.prod(shape[1:])
-    fn = _batched_target(config, denoiser, schedule, t, cond, prediction)
-    flat = lambda y: fn(y.reshape(shape)).reshape(n, d)
-    xf = x.reshape(n, d)
-    _, jvp = jax.linearize(flat, xf)
+    xf, jvp = _linearised_batch(config, denoiser, schedule, x, t, cond, prediction)
+    n, d = xf.shape
     z, w = jax.random.rademacher(key, (2, config.num_probes, n, d), xf.dtype)
     jz, jw = jnp.split(jax.vmap(jvp)(jnp.concatenate([z, w])), 2)
     dot = lambda a, b: jnp.sum(a * b, axis=-1)
