@@ -8,6 +8,10 @@ Examples::
     python experiments/make_dataset.py fetch --task push --num-demos 200   # cdp/fetch/push-v0
     python experiments/make_dataset.py locomotion-train --env hopper --policy-dir runs/hopper
     python experiments/make_dataset.py locomotion --env hopper --kind medium --policy-dir runs/hopper
+    python experiments/make_dataset.py locomotion-export --env hopper --policy-dir runs/hopper \
+        --out results/behaviour/hopper   # medium.npz, expert.npz, policies.json: small, in git
+    python experiments/make_dataset.py locomotion --env hopper --kind expert \
+        --policies results/behaviour/hopper   # any kind but medium-replay, from the shipped npz
     python experiments/make_dataset.py d4rl --file hopper_medium-v2.hdf5  # cdp/d4rl/hopper-medium-v2
 
 See docs/DATASETS.md for every dataset: recipe, size, build time, differences from D4RL.
@@ -80,8 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "from trained behaviour policies (D4RL recipe)")
     loc.add_argument("--env", required=True, choices=sorted(locomotion.ENVS))
     loc.add_argument("--kind", required=True, choices=locomotion.KINDS)
-    loc.add_argument("--policy-dir", required=True,
-                     help="a locomotion-train directory, or a dataset's behaviour_policy/")
+    loc.add_argument("--policy-dir", "--policies", dest="policy_dir", required=True,
+                     help="a locomotion-train directory, a dataset's behaviour_policy/, or a "
+                          "locomotion-export folder (e.g. results/behaviour/hopper; not for "
+                          "medium-replay)")
     loc.add_argument("--num-steps", "--steps", type=int, default=None,
                      help="steps per policy (default 1000000; medium-replay: all of the buffer)")
     loc.add_argument("--medium-step", type=int, default=None, help="override the medium snapshot")
@@ -90,6 +96,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     loc.add_argument("--reference", default=None, metavar="JSON",
                      help="expert and reference scores of the full run whose start --policy-dir "
                           "holds (medium / medium-replay), e.g. results/behaviour/hopper.json")
+
+    ex = sub.add_parser("locomotion-export",
+                        help="write the medium and expert snapshots of a locomotion-train run as "
+                             "npz with the reference scores (a folder small enough for git)")
+    ex.add_argument("--env", required=True, choices=sorted(locomotion.ENVS))
+    ex.add_argument("--policy-dir", required=True,
+                    help="a locomotion-train directory or a dataset's behaviour_policy/")
+    ex.add_argument("--out", required=True, help="the folder, e.g. results/behaviour/hopper")
+    ex.add_argument("--medium-step", type=int, default=None, help="override the medium snapshot")
+    ex.add_argument("--expert-step", type=int, default=None, help="override the expert snapshot")
 
     d4 = sub.add_parser("d4rl", help="import an original D4RL HDF5 file")
     d4.add_argument("--file", required=True, help="the D4RL .hdf5 file")
@@ -105,7 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _main_locomotion(args) -> dict:
-    """The locomotion-train / locomotion / d4rl subcommands; returns the summary."""
+    """The locomotion-train / locomotion / locomotion-export / d4rl subcommands; returns the
+    summary."""
+    if args.builder == "locomotion-export":
+        return locomotion.export_policies(args.env, args.policy_dir, args.out,
+                                          medium_step=args.medium_step,
+                                          expert_step=args.expert_step)
     if args.builder == "locomotion-train":
         from cdp_jax.agents import sac
         from cdp_jax.agents.common import apply_overrides
@@ -132,7 +153,7 @@ def _main_locomotion(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.builder in ("locomotion-train", "locomotion", "d4rl"):
+    if args.builder in ("locomotion-train", "locomotion", "locomotion-export", "d4rl"):
         print(json.dumps(_main_locomotion(args), indent=2))
         return 0
     fetch_build = args.builder == "fetch"

@@ -27,6 +27,9 @@ env share them. Everything is deterministic given the seeds. The snapshots used 
 ``<dataset path>/behaviour_policy`` (with ``config.json``, ``selection.json``): pass that directory
 as ``policy_dir`` to rebuild ``medium`` / ``expert`` / ``medium-expert`` without retraining
 (``medium-replay`` needs the training directory's ``transitions.h5``).
+:func:`export_policies` writes the two snapshots as ``.npz`` with the reference scores
+(:mod:`cdp_jax.data.builders.behaviour`), small enough to ship in git; such a folder is a
+``policy_dir`` as well, for every kind but ``medium-replay``.
 
 A run cut short at the medium snapshot holds everything ``medium`` and ``medium-replay`` need
 but the expert: pass ``reference=`` (a :func:`load_reference` record of the full run: expert step
@@ -51,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from cdp_jax import files
+from cdp_jax.data.builders import behaviour
 from cdp_jax.data.builders.writer import (
     check_target,
     directory_size,
@@ -112,15 +116,17 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
                     reference: dict | None = None) -> dict:
     """Which snapshots are the medium and expert policies (module docstring, step 2).
 
-    ``selection.json`` in ``policy_dir`` (written beside a dataset) takes precedence; explicit
+    ``selection.json`` in ``policy_dir`` (written beside a dataset), or the two policies of a
+    shipped folder (:func:`export_policies`), take precedence; explicit
     ``medium_step`` / ``expert_step`` override either. ``reference`` (:func:`load_reference`)
     supplies the expert of a longer run of which ``policy_dir`` holds the beginning. Returns
     ``dict(medium_step, medium_return, expert_step, expert_return)``.
     """
     policy_dir = Path(policy_dir)
     saved = policy_dir / "selection.json"
-    if saved.exists():
-        selection = json.loads(saved.read_text())
+    if behaviour.is_shipped(policy_dir) or saved.exists():
+        selection = (behaviour.selection(policy_dir) if behaviour.is_shipped(policy_dir)
+                     else json.loads(saved.read_text()))
         evals = {selection["medium_step"]: selection["medium_return"],
                  selection["expert_step"]: selection["expert_return"]}
     else:
@@ -347,6 +353,14 @@ def _episode_returns(state, env: str, num_episodes: int, seed: int) -> np.ndarra
 def _copy_policies(policy_dir: Path, target: Path, selection: dict, references: dict) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if behaviour.is_shipped(policy_dir):  # the copy is a shipped folder too
+        tmp.mkdir(parents=True)
+        shutil.copyfile(policy_dir / behaviour.MANIFEST, tmp / behaviour.MANIFEST)
+        for entry in behaviour.read_manifest(policy_dir)["policies"].values():
+            shutil.copyfile(policy_dir / entry["file"], tmp / entry["file"])
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return
     (tmp / "snapshots").mkdir(parents=True)
     shutil.copyfile(policy_dir / "config.json", tmp / "config.json")
     for step in sorted({selection["medium_step"], selection["expert_step"]}):
@@ -357,6 +371,53 @@ def _copy_policies(policy_dir: Path, target: Path, selection: dict, references: 
     (tmp / "reference_scores.json").write_text(json.dumps(references, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+
+
+def export_policies(env: str, policy_dir: str | Path, out: str | Path, *,
+                    medium_step: int | None = None, expert_step: int | None = None,
+                    medium_fraction: float = MEDIUM_FRACTION, num_random_episodes: int = 100,
+                    num_expert_episodes: int = 10) -> dict:
+    """Write the medium and expert snapshots :func:`select_policies` picks in ``policy_dir`` (a
+    :func:`train_behaviour` directory or a dataset's ``behaviour_policy``), with the reference
+    scores (:func:`reference_scores`, computed and cached in ``policy_dir`` if not there yet), as
+    a shipped folder ``out`` (``medium.npz``, ``expert.npz``, ``policies.json``; format in
+    :mod:`cdp_jax.data.builders.behaviour`). Returns the manifest.
+    """
+    from cdp_jax.agents import sac_train
+
+    policy_dir = Path(policy_dir)
+    if behaviour.is_shipped(policy_dir):
+        raise ValueError(f"{policy_dir} is already a shipped folder; copy it instead")
+    training = json.loads((policy_dir / "config.json").read_text())
+    if training["env_id"] != env_id(env):
+        raise ValueError(f"{policy_dir} holds {training['env_id']} policies, not {env_id(env)}")
+    selection = select_policies(policy_dir, medium_fraction=medium_fraction,
+                                medium_step=medium_step, expert_step=expert_step)
+    refs = reference_scores(env, policy_dir, selection["expert_step"],
+                            num_random_episodes=num_random_episodes,
+                            num_expert_episodes=num_expert_episodes)
+    snapshots = {}
+    for which in behaviour.POLICIES:
+        state, _ = sac_train.load_actor(policy_dir, selection[f"{which}_step"])
+        snapshots[which] = (state.actor_params, selection[f"{which}_step"],
+                            selection[f"{which}_return"])
+    return behaviour.write_policies(
+        out, env=env, env_id=env_id(env), config=state.config,
+        dims={"obs_dim": state.obs_dim, "action_dim": state.action_dim}, snapshots=snapshots,
+        reference_scores=refs, training=training)
+
+
+def _check_shipped(policy_dir: Path, env: str, kind: str, reference: dict | None) -> None:
+    manifest = behaviour.read_manifest(policy_dir)
+    if manifest["env"] != env:
+        raise ValueError(f"{policy_dir} holds {manifest['env']!r} policies, not {env!r}")
+    if kind == "medium-replay":
+        raise ValueError(
+            f"medium-replay cannot be built from the shipped snapshots in {policy_dir}: it is the "
+            "SAC run's training record up to the medium snapshot, not rollouts of a policy; pass "
+            "the locomotion-train directory that holds its transitions.h5 instead")
+    if reference is not None:
+        raise ValueError(f"{policy_dir} carries its own reference scores; drop --reference")
 
 
 def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1_000_000,
@@ -370,7 +431,8 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
     Args:
         env: ``hopper``, ``halfcheetah`` or ``walker2d``.
         kind: ``medium``, ``medium-replay``, ``expert`` or ``medium-expert``.
-        policy_dir: a :func:`train_behaviour` directory, or a dataset's ``behaviour_policy``.
+        policy_dir: a :func:`train_behaviour` directory, a dataset's ``behaviour_policy``, or
+            a shipped folder (:func:`export_policies`; not for ``medium-replay``).
         num_steps: steps per policy (``medium-expert``: twice this); for ``medium-replay`` an
             optional cap (the last whole episodes before the medium point), ``None`` = all.
         seed: rollout seed (``expert`` uses ``seed + 1`` inside ``medium-expert``).
@@ -398,11 +460,16 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
     if reference is not None and kind not in ("medium", "medium-replay"):
         raise ValueError(f"{kind} needs the expert snapshot itself; a reference record only "
                          "builds medium and medium-replay")
+    shipped = behaviour.is_shipped(policy_dir)
+    if shipped:
+        _check_shipped(policy_dir, env, kind, reference)
     selection = select_policies(policy_dir, medium_fraction=medium_fraction,
                                 medium_step=medium_step, expert_step=expert_step,
                                 reference=reference)
     if reference is not None:
         refs = {k: reference[k] for k in REFERENCE_FIELDS if k != "env"}
+    elif shipped:
+        refs = behaviour.read_manifest(policy_dir)["reference_scores"]
     else:
         refs = reference_scores(env, policy_dir, selection["expert_step"],
                                 num_random_episodes=num_random_episodes,
@@ -414,7 +481,9 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
             progress(sum(len(ep["actions"]) for ep in episodes))
     for which, offset in (("medium", 0), ("expert", 1)):
         if kind in (which, "medium-expert"):
-            state, _ = sac_train.load_actor(policy_dir, selection[f"{which}_step"])
+            step = selection[f"{which}_step"]
+            state, _ = (behaviour.load_actor_at_step(policy_dir, step) if shipped
+                        else sac_train.load_actor(policy_dir, step))
             episodes += rollouts(state, env, num_steps, seed + offset, num_envs=num_envs,
                                  progress=progress)
     buffers = [episode_buffer(i, ep["observations"], ep["actions"], ep["rewards"],
