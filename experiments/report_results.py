@@ -103,11 +103,17 @@ def metric_label(where: str, metric: str, cell: dict | None = None) -> str:
     return f"{what}, {where} (final evaluation)"
 
 
-def pairs(record: dict) -> dict[str, dict[str, dict]]:
-    """``{group: {arm: cell}}`` in the order the cells were defined."""
+def pairs(record: dict, by_kind: bool = False) -> dict[str, dict[str, dict]]:
+    """``{group: {arm: cell}}`` in the order the cells were defined; ``by_kind``: groups named
+    ``"offline RL, <group>"`` / ``"imitation, <group>"`` (a study holding both kinds may give
+    them the same group name, e.g. ``umaze 100%``)."""
     out: dict[str, dict[str, dict]] = {}
     for cell in record["cells"].values():
-        out.setdefault(cell["cell"]["group"], {})[cell["cell"]["arm"]] = cell
+        group = cell["cell"]["group"]
+        if by_kind:
+            kind = "imitation" if cell["cell"].get("agent") == "dbc" else "offline RL"
+            group = f"{kind}, {group}"
+        out.setdefault(group, {})[cell["cell"]["arm"]] = cell
     return out
 
 
@@ -158,12 +164,7 @@ def fast_table(record: dict, margin: float, base: str = "edp") -> list[str]:
              f"| row | metric | {base} (w = 0) | cdp (exact) | fast | paired fast - cdp | "
              f"verdict (±{margin:g}) | paired fast - {base} | verdict vs {base} |",
              "|---|---|---|---|---|---|---|---|---|"]
-    # Offline-RL and imitation rows may share a group name ("umaze 100%"): key them by both.
-    rows: dict[str, dict[str, dict]] = {}
-    for cell in record["cells"].values():
-        kind = "imitation" if cell["cell"].get("agent") == "dbc" else "offline RL"
-        rows.setdefault(f"{kind}, {cell['cell']['group']}", {})[cell["cell"]["arm"]] = cell
-    unpaired = []
+    rows, unpaired = pairs(record, by_kind=True), []
     for group, arms in rows.items():
         if not all(a in arms for a in (base, "cdp", "fast")):
             unpaired.append(f"{group} (only {', '.join(arms)})")
