@@ -36,6 +36,19 @@ from cdp_jax.data import d4rl
 from cdp_jax.data.builders import fetch, locomotion, pointmaze, random_policy
 
 
+def _add_selection_args(parser: argparse.ArgumentParser) -> None:
+    """Which snapshots of a behaviour run are the medium and expert policies."""
+    parser.add_argument("--medium-step", type=int, default=None,
+                        help="override the medium snapshot")
+    parser.add_argument("--expert-step", type=int, default=None,
+                        help="override the expert snapshot")
+    parser.add_argument("--expert-by", choices=locomotion.EXPERT_BY, default="evaluation",
+                        help="the expert: the best-evaluated snapshot (deterministic actions), "
+                             "or, of those within 10%% of it, the one that returns most with "
+                             "sampled actions, as the dataset's rollouts act (100k steps each, "
+                             "cached in the run directory)")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,8 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "medium-replay)")
     loc.add_argument("--num-steps", "--steps", type=int, default=None,
                      help="steps per policy (default 1000000; medium-replay: all of the buffer)")
-    loc.add_argument("--medium-step", type=int, default=None, help="override the medium snapshot")
-    loc.add_argument("--expert-step", type=int, default=None, help="override the expert snapshot")
+    _add_selection_args(loc)
     loc.add_argument("--num-envs", type=int, default=10, help="vector envs for the rollouts")
     loc.add_argument("--reference", default=None, metavar="JSON",
                      help="expert and reference scores of the full run whose start --policy-dir "
@@ -104,8 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ex.add_argument("--policy-dir", required=True,
                     help="a locomotion-train directory or a dataset's behaviour_policy/")
     ex.add_argument("--out", required=True, help="the folder, e.g. results/behaviour/hopper")
-    ex.add_argument("--medium-step", type=int, default=None, help="override the medium snapshot")
-    ex.add_argument("--expert-step", type=int, default=None, help="override the expert snapshot")
+    _add_selection_args(ex)
 
     d4 = sub.add_parser("d4rl", help="import an original D4RL HDF5 file")
     d4.add_argument("--file", required=True, help="the D4RL .hdf5 file")
@@ -126,7 +137,8 @@ def _main_locomotion(args) -> dict:
     if args.builder == "locomotion-export":
         return locomotion.export_policies(args.env, args.policy_dir, args.out,
                                           medium_step=args.medium_step,
-                                          expert_step=args.expert_step)
+                                          expert_step=args.expert_step,
+                                          expert_by=args.expert_by)
     if args.builder == "locomotion-train":
         from cdp_jax.agents import sac
         from cdp_jax.agents.common import apply_overrides
@@ -145,7 +157,8 @@ def _main_locomotion(args) -> dict:
             return locomotion.build(
                 args.env, args.kind, args.policy_dir, steps, args.seed, args.dataset_id,
                 medium_step=args.medium_step, expert_step=args.expert_step,
-                num_envs=args.num_envs, overwrite=args.overwrite, progress=bar.update,
+                expert_by=args.expert_by, num_envs=args.num_envs, overwrite=args.overwrite,
+                progress=bar.update,
                 reference=(None if args.reference is None
                            else locomotion.load_reference(args.reference, args.env)))
     return d4rl.import_file(args.file, args.task, args.dataset_id, overwrite=args.overwrite)

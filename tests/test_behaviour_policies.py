@@ -165,3 +165,67 @@ def test_errors_name_the_problem(shipped, tmp_path, minari_root):
     (damaged / "policies.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="Dense_0/kernel"):
         behaviour.load_actor(damaged, "medium")
+
+
+def _policy(config, log_std_bias: float):
+    """A SAC actor with zero mean action and a constant pre-tanh log-std (squashed: -10 gives
+    the smallest, exp(-5), +10 the largest, exp(2))."""
+    params = sac.init(jax.random.PRNGKey(0), config, 11, 3).actor_params
+    head = params["params"]
+    head["Dense_2"] = {"kernel": np.zeros((256, 3), np.float32), "bias": np.zeros(3, np.float32)}
+    head["Dense_3"] = {"kernel": np.zeros((256, 3), np.float32),
+                       "bias": np.full(3, log_std_bias, np.float32)}
+    return params
+
+
+def test_expert_by_sampled_ranks_the_pool_by_sampled_returns(tmp_path):
+    """The best-evaluated snapshot is the noisy one (its sampled actions saturate at random and
+    Hopper falls at once); ``expert_by="sampled"`` must pick the quiet one of the pool instead,
+    and never roll out a snapshot evaluated below 90% of the best."""
+    config = sac.default_config()
+    out = tmp_path / "hopper"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(
+        {"env_id": "Hopper-v5", "seed": 0, "num_steps": 30_000, "eval_every": 10_000,
+         "eval_episodes": 10, "env_kwargs": {}, "dims": {"obs_dim": 11, "action_dim": 3},
+         "sac": config_to_dict(config)}))
+    evals = {10_000: 1000.0, 20_000: 2900.0, 30_000: 3000.0}
+    (out / "evaluations.json").write_text(json.dumps(
+        [{"env_steps": s, "return_mean": r} for s, r in evals.items()]))
+    for step, bias in ((10_000, -10.0), (20_000, -10.0), (30_000, 10.0)):
+        checkpoint.save(out / "snapshots", step, {"actor_params": _policy(config, bias)},
+                        {"eval": {"env_steps": step, "return_mean": evals[step]}})
+    assert locomotion.select_policies(out)["expert_step"] == 30_000
+    chosen = locomotion.select_policies(out, expert_by="sampled", env="hopper",
+                                        sampled_steps=3000)
+    assert chosen["expert_step"] == 20_000 and chosen["expert_return"] == 2900.0
+    table = json.loads((out / "sampled_returns.json").read_text())["3000/2/10"]
+    assert sorted(table) == ["20000", "30000"]
+    quiet, noisy = table["20000"], table["30000"]
+    assert quiet["return_mean"] > noisy["return_mean"]
+    assert quiet["length_mean"] > noisy["length_mean"]
+    # cached: the same answer without rolling out again
+    again = locomotion.sampled_returns("hopper", out, [20_000, 30_000], num_steps=3000)
+    assert again == {20_000: quiet, 30_000: noisy}
+    with pytest.raises(ValueError, match="needs env="):
+        locomotion.select_policies(out, expert_by="sampled")
+    with pytest.raises(ValueError, match="expert_by must be one of"):
+        locomotion.select_policies(out, expert_by="best")
+
+
+# sha256 of a 300-step medium-expert (150 + 150 steps, seed 0, 4 envs) built from the Hopper
+# policies in git, results/behaviour/hopper (medium 280k, expert 810k); same platform caveat as
+# DIGEST.
+SHIPPED_HOPPER_DIGEST = "41063f770fc8f4b515e64c3d962ad20715481998f8dd5f9ba05c8f6ff7e236d1"
+
+
+def test_the_shipped_hopper_policies_build_a_recorded_dataset(minari_root):
+    folder = ROOT / "results" / "behaviour" / "hopper"
+    manifest = behaviour.read_manifest(folder)
+    assert {k: v["env_step"] for k, v in manifest["policies"].items()} == {
+        "medium": 280_000, "expert": 810_000}
+    summary = locomotion.build("hopper", "medium-expert", folder, STEPS, num_envs=4,
+                               dataset_id="cdp/test/shipped-hopper-v0")
+    assert summary["ref_max_score"] == manifest["reference_scores"]["ref_max_score"]
+    assert summary["num_steps"] == 2 * STEPS
+    assert _digest("cdp/test/shipped-hopper-v0") == SHIPPED_HOPPER_DIGEST

@@ -194,6 +194,18 @@ def test_paper_study_grid():
         assert words(cell) == words(exact)  # the same run but for --preset (after --name)
         assert dataclasses.replace(cell, study=exact.study, name=exact.name, arm="cdp",
                                    preset=exact.preset) == exact
+    # Hopper medium-expert (the paper's low-data claim): three arms at 10% and 100%, on the data
+    # the shipped policies build, with Hopper's evaluation spacing.
+    me = [c for study in ("rl", "fast") for c in paper_study.cells_for(study, ("hopper-me",))]
+    assert sorted(c.name for c in me) == sorted(
+        f"rl_hopper-me_f{pct}_{arm}" for pct in (10, 100) for arm in ("edp", "cdp", "fast"))
+    assert {c.dataset for c in me} == {"cdp/hopper/medium-expert-v0"}
+    assert {(c.arm, c.preset, c.weight) for c in me} == {
+        ("edp", "paper", 0.0), ("cdp", "paper", 0.1), ("fast", "paper-fast", 0.1)}
+    assert "--policies results/behaviour/hopper" in paper_study.build_hint(
+        "cdp/hopper/medium-expert-v0")
+    command = me[0].command(args)
+    assert command[command.index("--eval-every") + 1] == "4000"
 
 
 def test_study_cell_resumes_in_the_middle(tmp_path, monkeypatch):
@@ -235,7 +247,8 @@ def test_paper_study_skips_unbuilt_datasets(tmp_path, monkeypatch, capsys):
     argv = ["--study", "rl", "--tasks", "hopper-m", "--runs-root", str(tmp_path / "runs"),
             "--out", str(tmp_path / "out"), "--no-diagnostics"]
     assert paper_study.main(argv) == 0
-    assert len(json.loads((tmp_path / "out" / "rl.json").read_text())["missing"]) == 16
+    # 5 tasks x 2 fractions x 2 arms
+    assert len(json.loads((tmp_path / "out" / "rl.json").read_text())["missing"]) == 20
 
 
 @pytest.mark.slow

@@ -7,7 +7,11 @@ Recipe (Fu et al. 2020, "D4RL"), step by step:
    (:mod:`cdp_jax.agents.sac_train`), evaluating the deterministic policy every ``eval_every`` env
    steps and keeping an actor snapshot each time, and records every transition it collects
    (``transitions.h5``).
-2. :func:`select_policies`: the **expert** is the best-evaluated snapshot; the **medium** one is
+2. :func:`select_policies`: the **expert** is the best-evaluated snapshot (``expert_by=
+   "evaluation"``), or, with ``expert_by="sampled"``, of the snapshots evaluated within
+   ``1 - EXPERT_POOL`` (10%) of the best, the one whose episodes return most with their actions
+   *sampled*, as the dataset's rollouts act (:func:`sampled_returns`): a SAC policy whose
+   deterministic actions stand can still fall often when sampled. The **medium** one is
    where D4RL early-stops its run: the *first* snapshot whose evaluation return is within
    ``MEDIUM_TOLERANCE`` (10%) of ``medium_fraction`` (D4RL: about one third) of the expert's (if
    none is, the closest one no later than the expert). A later snapshot that returns to that
@@ -67,6 +71,10 @@ KINDS = ("medium", "medium-replay", "expert", "medium-expert")
 MEDIUM_FRACTION = 1.0 / 3.0
 MEDIUM_TOLERANCE = 0.1  # relative distance to the target return that counts as "reached"
 REFERENCE_SEED = 2**20  # reference-score rollouts use their own seeds, shared by all datasets
+EXPERT_BY = ("evaluation", "sampled")
+EXPERT_POOL = 0.9  # expert_by="sampled" chooses among snapshots evaluated >= 0.9 x the best
+SAMPLED_STEPS = 100_000  # env steps of sampled-action rollouts per candidate expert
+SAMPLED_SEED = 2
 
 
 def env_id(env: str) -> str:
@@ -113,15 +121,23 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
 
 def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_FRACTION,
                     medium_step: int | None = None, expert_step: int | None = None,
-                    reference: dict | None = None) -> dict:
+                    reference: dict | None = None, expert_by: str = "evaluation",
+                    env: str | None = None, sampled_steps: int = SAMPLED_STEPS) -> dict:
     """Which snapshots are the medium and expert policies (module docstring, step 2).
 
     ``selection.json`` in ``policy_dir`` (written beside a dataset), or the two policies of a
     shipped folder (:func:`export_policies`), take precedence; explicit
     ``medium_step`` / ``expert_step`` override either. ``reference`` (:func:`load_reference`)
-    supplies the expert of a longer run of which ``policy_dir`` holds the beginning. Returns
-    ``dict(medium_step, medium_return, expert_step, expert_return)``.
+    supplies the expert of a longer run of which ``policy_dir`` holds the beginning.
+    ``expert_by="sampled"`` (needs ``env``) ranks the candidate experts by
+    :func:`sampled_returns` over ``sampled_steps`` steps each. Returns
+    ``dict(medium_step, medium_return, expert_step, expert_return)``; the returns are the
+    deterministic evaluations' in either case.
     """
+    if expert_by not in EXPERT_BY:
+        raise ValueError(f"expert_by must be one of {EXPERT_BY}, got {expert_by!r}")
+    if expert_by == "sampled" and env is None:
+        raise ValueError('expert_by="sampled" needs env= to roll the candidates out')
     policy_dir = Path(policy_dir)
     saved = policy_dir / "selection.json"
     if behaviour.is_shipped(policy_dir) or saved.exists():
@@ -145,8 +161,16 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
                              f"(step {reference['expert_step']})")
         expert_step = reference["expert_step"]
         evals[expert_step] = reference["expert_return"]
+    if expert_step is None and "expert_step" in selection:
+        expert_step = selection["expert_step"]
     if expert_step is None:
-        expert_step = selection.get("expert_step", max(evals, key=lambda s: (evals[s], -s)))
+        best = max(evals.values())
+        pool = ([s for s in evals if evals[s] >= EXPERT_POOL * best] if expert_by == "sampled"
+                else list(evals))
+        sampled = ({} if expert_by == "evaluation" else
+                   sampled_returns(env, policy_dir, pool, num_steps=sampled_steps))
+        expert_step = max(pool, key=lambda s: (sampled[s]["return_mean"] if sampled else evals[s],
+                                               -s))
     if medium_step is None:
         target = medium_fraction * evals[expert_step]
         candidates = sorted(s for s in evals if s <= expert_step)
@@ -159,6 +183,45 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
                              f"steps: {sorted(evals)}")
     return {"medium_step": int(medium_step), "medium_return": evals[medium_step],
             "expert_step": int(expert_step), "expert_return": evals[expert_step]}
+
+
+def sampled_returns(env: str, policy_dir: str | Path, steps, *, num_steps: int = SAMPLED_STEPS,
+                    seed: int = SAMPLED_SEED, num_envs: int = 10) -> dict[int, dict]:
+    """How each snapshot in ``steps`` of a :func:`train_behaviour` directory does with its actions
+    *sampled*, as :func:`build`'s rollouts act: ``{step: dict(return_mean, return_se,
+    length_mean, num_episodes)}`` over the episodes that ended (terminated, or reached the env's
+    time limit) within ``num_steps`` env steps of :func:`rollouts`. Cached per step in
+    ``<policy_dir>/sampled_returns.json`` (keyed by ``num_steps``, ``seed`` and ``num_envs``)."""
+    import gymnasium as gym
+
+    from cdp_jax.agents import sac_train
+
+    policy_dir = Path(policy_dir)
+    cache_path = policy_dir / "sampled_returns.json"
+    key = f"{num_steps}/{seed}/{num_envs}"
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, ValueError):  # damaged: computed again and rewritten
+        cache = {}
+    table = cache.setdefault(key, {})
+    limit = gym.spec(env_id(env)).max_episode_steps
+    for step in sorted(steps):
+        if str(step) in table:
+            continue
+        state, _ = sac_train.load_actor(policy_dir, step)
+        ended = [ep for ep in rollouts(state, env, num_steps, seed, num_envs=num_envs)
+                 if ep["terminations"][-1] or len(ep["actions"]) == limit]
+        if not ended:
+            raise ValueError(f"no episode of snapshot {step} ended within {num_steps} steps; "
+                             "raise num_steps")
+        returns = np.array([float(np.sum(ep["rewards"])) for ep in ended])
+        table[str(step)] = {"return_mean": float(returns.mean()),
+                            "return_se": float(returns.std(ddof=1) / np.sqrt(len(returns)))
+                            if len(returns) > 1 else 0.0,
+                            "length_mean": float(np.mean([len(ep["actions"]) for ep in ended])),
+                            "num_episodes": len(ended)}
+        files.write_json(cache_path, cache)
+    return {int(step): table[str(step)] for step in steps}
 
 
 def _make_vector_env(env_name: str, num_envs: int):
@@ -376,7 +439,7 @@ def _copy_policies(policy_dir: Path, target: Path, selection: dict, references: 
 def export_policies(env: str, policy_dir: str | Path, out: str | Path, *,
                     medium_step: int | None = None, expert_step: int | None = None,
                     medium_fraction: float = MEDIUM_FRACTION, num_random_episodes: int = 100,
-                    num_expert_episodes: int = 10) -> dict:
+                    num_expert_episodes: int = 10, expert_by: str = "evaluation") -> dict:
     """Write the medium and expert snapshots :func:`select_policies` picks in ``policy_dir`` (a
     :func:`train_behaviour` directory or a dataset's ``behaviour_policy``), with the reference
     scores (:func:`reference_scores`, computed and cached in ``policy_dir`` if not there yet), as
@@ -392,7 +455,8 @@ def export_policies(env: str, policy_dir: str | Path, out: str | Path, *,
     if training["env_id"] != env_id(env):
         raise ValueError(f"{policy_dir} holds {training['env_id']} policies, not {env_id(env)}")
     selection = select_policies(policy_dir, medium_fraction=medium_fraction,
-                                medium_step=medium_step, expert_step=expert_step)
+                                medium_step=medium_step, expert_step=expert_step,
+                                expert_by=expert_by, env=env)
     refs = reference_scores(env, policy_dir, selection["expert_step"],
                             num_random_episodes=num_random_episodes,
                             num_expert_episodes=num_expert_episodes)
@@ -424,8 +488,8 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
           seed: int = 0, dataset_id: str | None = None, *, medium_step: int | None = None,
           expert_step: int | None = None, medium_fraction: float = MEDIUM_FRACTION,
           num_envs: int = 10, num_random_episodes: int = 100, num_expert_episodes: int = 10,
-          reference: dict | None = None, overwrite: bool = False,
-          progress: Callable[[int], None] | None = None) -> dict:
+          reference: dict | None = None, expert_by: str = "evaluation",
+          overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
     """Write one locomotion dataset (``kind`` in :data:`KINDS`); return a summary dict.
 
     Args:
@@ -437,6 +501,7 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
             optional cap (the last whole episodes before the medium point), ``None`` = all.
         seed: rollout seed (``expert`` uses ``seed + 1`` inside ``medium-expert``).
         medium_step, expert_step, medium_fraction: override the snapshot selection.
+        expert_by: ``"evaluation"`` or ``"sampled"`` (:func:`select_policies`).
         num_envs: vector envs stepping together during rollouts.
         num_random_episodes, num_expert_episodes: episodes for the reference scores.
         reference: the expert and reference scores of a longer run (:func:`load_reference`)
@@ -465,7 +530,7 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
         _check_shipped(policy_dir, env, kind, reference)
     selection = select_policies(policy_dir, medium_fraction=medium_fraction,
                                 medium_step=medium_step, expert_step=expert_step,
-                                reference=reference)
+                                reference=reference, expert_by=expert_by, env=env)
     if reference is not None:
         refs = {k: reference[k] for k in REFERENCE_FIELDS if k != "env"}
     elif shipped:
