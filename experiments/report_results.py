@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from cdp_jax import cli, files, stats  # noqa: E402
 
-ARM_COLORS = {"vanilla": "tab:gray", "edp": "tab:gray", "cdp": "tab:blue"}
+ARM_COLORS = {"vanilla": "tab:gray", "edp": "tab:gray", "cdp": "tab:blue", "fast": "tab:orange"}
 KEYS = (("running_average", "normalized_score"), ("last", "normalized_score"),
         ("best", "normalized_score"), ("running_average", "success_rate"))
 DIAG_KEYS = ("mu_network_lowest", "mu_drift_lowest", "mu_drift_mean", "action_spread",
@@ -397,16 +397,19 @@ def _curve(ax, cell: dict, metric: str, label: str, color, alpha: float) -> None
 
 
 def learning_curves(record: dict, metric: str, path: Path, title: str,
-                    base: str = "vanilla") -> None:
+                    base: str = "vanilla", arms: tuple[str, ...] = ("cdp",),
+                    by_kind: bool = False, sharey: bool = True) -> None:
+    """One panel per group holding ``base`` and every arm of ``arms``: mean ± 95% CI."""
     plt = _pyplot()
-    by = pairs(record)
-    groups = [g for g in paired_groups(by, base) if defined(by[g].values(), metric)]
+    by = pairs(record, by_kind=by_kind)
+    groups = [g for g, cells in by.items() if all(a in cells for a in (base, *arms))
+              and defined(cells.values(), metric)]
     if not groups:
         return
     fig, axes = plt.subplots(1, len(groups), figsize=(max(2.8 * len(groups), 4.8), 3.0),
-                             sharey=True, squeeze=False)
+                             sharey=sharey, squeeze=False)
     for ax, g in zip(axes[0], groups, strict=True):
-        for arm in (base, "cdp"):
+        for arm in (base, *arms):
             _curve(ax, by[g][arm], metric, arm, ARM_COLORS[arm], alpha=0.2)
         ax.set_title(g, fontsize=9)
         ax.set_xlabel("gradient step")
@@ -558,6 +561,9 @@ def main(argv=None) -> int:
     fast = load(layout["fast"]) if layout.get("fast") else None
     if fast:
         lines += fast_table(fast, layout["fast_margin"], base)
+        learning_curves(fast, "normalized_score", fig("fast_curves"),
+                        "Weight 0, exact and fast penalty (mean ± 95% CI)", base,
+                        arms=("cdp", "fast"), by_kind=True, sharey=False)
     present = [r for r in (offline, imitation) if r]
     listed = {name for r in present for name in r["cells"]}
     for _, extra in [*ablations, ("fast", fast)] if fast else ablations:
