@@ -198,7 +198,7 @@ def test_paper_study_grid():
     # the shipped policies build, with Hopper's evaluation spacing.
     me = [c for study in ("rl", "fast") for c in paper_study.cells_for(study, ("hopper-me",))]
     assert sorted(c.name for c in me) == sorted(
-        f"rl_hopper-me_f{pct}_{arm}" for pct in (10, 100) for arm in ("edp", "cdp", "fast"))
+        f"rl_hopper-me_f{pct}_{arm}" for pct in (1, 10, 100) for arm in ("edp", "cdp", "fast"))
     assert {c.dataset for c in me} == {"cdp/hopper/medium-expert-v0"}
     assert {(c.arm, c.preset, c.weight) for c in me} == {
         ("edp", "paper", 0.0), ("cdp", "paper", 0.1), ("fast", "paper-fast", 0.1)}
@@ -247,8 +247,8 @@ def test_paper_study_skips_unbuilt_datasets(tmp_path, monkeypatch, capsys):
     argv = ["--study", "rl", "--tasks", "hopper-m", "--runs-root", str(tmp_path / "runs"),
             "--out", str(tmp_path / "out"), "--no-diagnostics"]
     assert paper_study.main(argv) == 0
-    # 5 tasks x 2 fractions x 2 arms
-    assert len(json.loads((tmp_path / "out" / "rl.json").read_text())["missing"]) == 20
+    # 5 tasks x 2 fractions x 2 arms, and Hopper medium-expert's 1% row
+    assert len(json.loads((tmp_path / "out" / "rl.json").read_text())["missing"]) == 22
 
 
 @pytest.mark.slow
