@@ -131,6 +131,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _candidate_line(step: int, row: dict, done: int, total: int) -> None:
+    """A progress line per candidate expert of ``--expert-by sampled`` (on stderr)."""
+    tqdm.write(f"[{done}/{total}] snapshot {step}: sampled-action return "
+               f"{row['return_mean']:.1f} (s.e. {row['return_se']:.1f}), "
+               f"{row['length_mean']:.0f} steps per episode", file=sys.stderr)
+
+
 def _main_locomotion(args) -> dict:
     """The locomotion-train / locomotion / locomotion-export / d4rl subcommands; returns the
     summary."""
@@ -138,7 +145,8 @@ def _main_locomotion(args) -> dict:
         return locomotion.export_policies(args.env, args.policy_dir, args.out,
                                           medium_step=args.medium_step,
                                           expert_step=args.expert_step,
-                                          expert_by=args.expert_by)
+                                          expert_by=args.expert_by,
+                                          on_sampled=_candidate_line)
     if args.builder == "locomotion-train":
         from cdp_jax.agents import sac
         from cdp_jax.agents.common import apply_overrides
@@ -157,7 +165,8 @@ def _main_locomotion(args) -> dict:
             return locomotion.build(
                 args.env, args.kind, args.policy_dir, steps, args.seed, args.dataset_id,
                 medium_step=args.medium_step, expert_step=args.expert_step,
-                expert_by=args.expert_by, num_envs=args.num_envs, overwrite=args.overwrite,
+                expert_by=args.expert_by, on_sampled=_candidate_line, num_envs=args.num_envs,
+                overwrite=args.overwrite,
                 progress=bar.update,
                 reference=(None if args.reference is None
                            else locomotion.load_reference(args.reference, args.env)))

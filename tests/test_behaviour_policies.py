@@ -196,8 +196,11 @@ def test_expert_by_sampled_ranks_the_pool_by_sampled_returns(tmp_path):
         checkpoint.save(out / "snapshots", step, {"actor_params": _policy(config, bias)},
                         {"eval": {"env_steps": step, "return_mean": evals[step]}})
     assert locomotion.select_policies(out)["expert_step"] == 30_000
+    seen = []
     chosen = locomotion.select_policies(out, expert_by="sampled", env="hopper",
-                                        sampled_steps=3000)
+                                        sampled_steps=3000,
+                                        on_sampled=lambda *a: seen.append((a[0], a[2], a[3])))
+    assert seen == [(20_000, 1, 2), (30_000, 2, 2)]
     assert chosen["expert_step"] == 20_000 and chosen["expert_return"] == 2900.0
     table = json.loads((out / "sampled_returns.json").read_text())["3000/2/10"]
     assert sorted(table) == ["20000", "30000"]

@@ -122,7 +122,8 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
 def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_FRACTION,
                     medium_step: int | None = None, expert_step: int | None = None,
                     reference: dict | None = None, expert_by: str = "evaluation",
-                    env: str | None = None, sampled_steps: int = SAMPLED_STEPS) -> dict:
+                    env: str | None = None, sampled_steps: int = SAMPLED_STEPS,
+                    on_sampled: Callable[[int, dict, int, int], None] | None = None) -> dict:
     """Which snapshots are the medium and expert policies (module docstring, step 2).
 
     ``selection.json`` in ``policy_dir`` (written beside a dataset), or the two policies of a
@@ -130,7 +131,8 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
     ``medium_step`` / ``expert_step`` override either. ``reference`` (:func:`load_reference`)
     supplies the expert of a longer run of which ``policy_dir`` holds the beginning.
     ``expert_by="sampled"`` (needs ``env``) ranks the candidate experts by
-    :func:`sampled_returns` over ``sampled_steps`` steps each. Returns
+    :func:`sampled_returns` over ``sampled_steps`` steps each (``on_sampled``: its progress
+    callback). Returns
     ``dict(medium_step, medium_return, expert_step, expert_return)``; the returns are the
     deterministic evaluations' in either case.
     """
@@ -168,7 +170,8 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
         pool = ([s for s in evals if evals[s] >= EXPERT_POOL * best] if expert_by == "sampled"
                 else list(evals))
         sampled = ({} if expert_by == "evaluation" else
-                   sampled_returns(env, policy_dir, pool, num_steps=sampled_steps))
+                   sampled_returns(env, policy_dir, pool, num_steps=sampled_steps,
+                                   progress=on_sampled))
         expert_step = max(pool, key=lambda s: (sampled[s]["return_mean"] if sampled else evals[s],
                                                -s))
     if medium_step is None:
@@ -186,12 +189,15 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
 
 
 def sampled_returns(env: str, policy_dir: str | Path, steps, *, num_steps: int = SAMPLED_STEPS,
-                    seed: int = SAMPLED_SEED, num_envs: int = 10) -> dict[int, dict]:
+                    seed: int = SAMPLED_SEED, num_envs: int = 10,
+                    progress: Callable[[int, dict, int, int], None] | None = None
+                    ) -> dict[int, dict]:
     """How each snapshot in ``steps`` of a :func:`train_behaviour` directory does with its actions
     *sampled*, as :func:`build`'s rollouts act: ``{step: dict(return_mean, return_se,
     length_mean, num_episodes)}`` over the episodes that ended (terminated, or reached the env's
     time limit) within ``num_steps`` env steps of :func:`rollouts`. Cached per step in
-    ``<policy_dir>/sampled_returns.json`` (keyed by ``num_steps``, ``seed`` and ``num_envs``)."""
+    ``<policy_dir>/sampled_returns.json`` (keyed by ``num_steps``, ``seed`` and ``num_envs``).
+    ``progress(step, row, done, total)`` is called after each snapshot, cached ones included."""
     import gymnasium as gym
 
     from cdp_jax.agents import sac_train
@@ -205,8 +211,10 @@ def sampled_returns(env: str, policy_dir: str | Path, steps, *, num_steps: int =
         cache = {}
     table = cache.setdefault(key, {})
     limit = gym.spec(env_id(env)).max_episode_steps
-    for step in sorted(steps):
+    for done, step in enumerate(sorted(steps), 1):
         if str(step) in table:
+            if progress is not None:
+                progress(step, table[str(step)], done, len(steps))
             continue
         state, _ = sac_train.load_actor(policy_dir, step)
         ended = [ep for ep in rollouts(state, env, num_steps, seed, num_envs=num_envs)
@@ -221,6 +229,8 @@ def sampled_returns(env: str, policy_dir: str | Path, steps, *, num_steps: int =
                             "length_mean": float(np.mean([len(ep["actions"]) for ep in ended])),
                             "num_episodes": len(ended)}
         files.write_json(cache_path, cache)
+        if progress is not None:
+            progress(step, table[str(step)], done, len(steps))
     return {int(step): table[str(step)] for step in steps}
 
 
@@ -439,7 +449,8 @@ def _copy_policies(policy_dir: Path, target: Path, selection: dict, references: 
 def export_policies(env: str, policy_dir: str | Path, out: str | Path, *,
                     medium_step: int | None = None, expert_step: int | None = None,
                     medium_fraction: float = MEDIUM_FRACTION, num_random_episodes: int = 100,
-                    num_expert_episodes: int = 10, expert_by: str = "evaluation") -> dict:
+                    num_expert_episodes: int = 10, expert_by: str = "evaluation",
+                    on_sampled: Callable[[int, dict, int, int], None] | None = None) -> dict:
     """Write the medium and expert snapshots :func:`select_policies` picks in ``policy_dir`` (a
     :func:`train_behaviour` directory or a dataset's ``behaviour_policy``), with the reference
     scores (:func:`reference_scores`, computed and cached in ``policy_dir`` if not there yet), as
@@ -456,7 +467,7 @@ def export_policies(env: str, policy_dir: str | Path, out: str | Path, *,
         raise ValueError(f"{policy_dir} holds {training['env_id']} policies, not {env_id(env)}")
     selection = select_policies(policy_dir, medium_fraction=medium_fraction,
                                 medium_step=medium_step, expert_step=expert_step,
-                                expert_by=expert_by, env=env)
+                                expert_by=expert_by, env=env, on_sampled=on_sampled)
     refs = reference_scores(env, policy_dir, selection["expert_step"],
                             num_random_episodes=num_random_episodes,
                             num_expert_episodes=num_expert_episodes)
@@ -489,6 +500,7 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
           expert_step: int | None = None, medium_fraction: float = MEDIUM_FRACTION,
           num_envs: int = 10, num_random_episodes: int = 100, num_expert_episodes: int = 10,
           reference: dict | None = None, expert_by: str = "evaluation",
+          on_sampled: Callable[[int, dict, int, int], None] | None = None,
           overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
     """Write one locomotion dataset (``kind`` in :data:`KINDS`); return a summary dict.
 
@@ -501,7 +513,8 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
             optional cap (the last whole episodes before the medium point), ``None`` = all.
         seed: rollout seed (``expert`` uses ``seed + 1`` inside ``medium-expert``).
         medium_step, expert_step, medium_fraction: override the snapshot selection.
-        expert_by: ``"evaluation"`` or ``"sampled"`` (:func:`select_policies`).
+        expert_by, on_sampled: ``"evaluation"`` or ``"sampled"``, and the latter's progress
+            callback (:func:`select_policies`).
         num_envs: vector envs stepping together during rollouts.
         num_random_episodes, num_expert_episodes: episodes for the reference scores.
         reference: the expert and reference scores of a longer run (:func:`load_reference`)
@@ -530,7 +543,8 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
         _check_shipped(policy_dir, env, kind, reference)
     selection = select_policies(policy_dir, medium_fraction=medium_fraction,
                                 medium_step=medium_step, expert_step=expert_step,
-                                reference=reference, expert_by=expert_by, env=env)
+                                reference=reference, expert_by=expert_by, env=env,
+                                on_sampled=on_sampled)
     if reference is not None:
         refs = {k: reference[k] for k in REFERENCE_FIELDS if k != "env"}
     elif shipped:
