@@ -166,14 +166,13 @@ def select_policies(policy_dir: str | Path, *, medium_fraction: float = MEDIUM_F
     if expert_step is None and "expert_step" in selection:
         expert_step = selection["expert_step"]
     if expert_step is None:
-        best = max(evals.values())
-        pool = ([s for s in evals if evals[s] >= EXPERT_POOL * best] if expert_by == "sampled"
-                else list(evals))
-        sampled = ({} if expert_by == "evaluation" else
-                   sampled_returns(env, policy_dir, pool, num_steps=sampled_steps,
-                                   progress=on_sampled))
-        expert_step = max(pool, key=lambda s: (sampled[s]["return_mean"] if sampled else evals[s],
-                                               -s))
+        score = evals
+        if expert_by == "sampled":
+            pool = [s for s in evals if evals[s] >= EXPERT_POOL * max(evals.values())]
+            rows = sampled_returns(env, policy_dir, pool, num_steps=sampled_steps,
+                                   progress=on_sampled)
+            score = {s: rows[s]["return_mean"] for s in pool}
+        expert_step = max(score, key=lambda s: (score[s], -s))
     if medium_step is None:
         target = medium_fraction * evals[expert_step]
         candidates = sorted(s for s in evals if s <= expert_step)
@@ -212,23 +211,21 @@ def sampled_returns(env: str, policy_dir: str | Path, steps, *, num_steps: int =
     table = cache.setdefault(key, {})
     limit = gym.spec(env_id(env)).max_episode_steps
     for done, step in enumerate(sorted(steps), 1):
-        if str(step) in table:
-            if progress is not None:
-                progress(step, table[str(step)], done, len(steps))
-            continue
-        state, _ = sac_train.load_actor(policy_dir, step)
-        ended = [ep for ep in rollouts(state, env, num_steps, seed, num_envs=num_envs)
-                 if ep["terminations"][-1] or len(ep["actions"]) == limit]
-        if not ended:
-            raise ValueError(f"no episode of snapshot {step} ended within {num_steps} steps; "
-                             "raise num_steps")
-        returns = np.array([float(np.sum(ep["rewards"])) for ep in ended])
-        table[str(step)] = {"return_mean": float(returns.mean()),
-                            "return_se": float(returns.std(ddof=1) / np.sqrt(len(returns)))
-                            if len(returns) > 1 else 0.0,
-                            "length_mean": float(np.mean([len(ep["actions"]) for ep in ended])),
-                            "num_episodes": len(ended)}
-        files.write_json(cache_path, cache)
+        if str(step) not in table:
+            state, _ = sac_train.load_actor(policy_dir, step)
+            ended = [ep for ep in rollouts(state, env, num_steps, seed, num_envs=num_envs)
+                     if ep["terminations"][-1] or len(ep["actions"]) == limit]
+            if not ended:
+                raise ValueError(f"no episode of snapshot {step} ended within {num_steps} "
+                                 "steps; raise num_steps")
+            returns = np.array([float(np.sum(ep["rewards"])) for ep in ended])
+            table[str(step)] = {
+                "return_mean": float(returns.mean()),
+                "return_se": (float(returns.std(ddof=1) / np.sqrt(len(returns)))
+                              if len(returns) > 1 else 0.0),
+                "length_mean": float(np.mean([len(ep["actions"]) for ep in ended])),
+                "num_episodes": len(ended)}
+            files.write_json(cache_path, cache)
         if progress is not None:
             progress(step, table[str(step)], done, len(steps))
     return {int(step): table[str(step)] for step in steps}
