@@ -9,9 +9,9 @@ Examples::
     python experiments/make_dataset.py locomotion-train --env hopper --policy-dir runs/hopper
     python experiments/make_dataset.py locomotion --env hopper --kind medium --policy-dir runs/hopper
     python experiments/make_dataset.py locomotion-export --env hopper --policy-dir runs/hopper \
-        --out results/behaviour/hopper   # medium.npz, expert.npz, policies.json: small, in git
+        --out results/behaviour/hopper   # medium.npz, expert.npz, record.npz, policies.json: in git
     python experiments/make_dataset.py locomotion --env hopper --kind expert \
-        --policies results/behaviour/hopper   # any kind but medium-replay, from the shipped npz
+        --policies results/behaviour/hopper   # any kind, from the shipped files
     python experiments/make_dataset.py d4rl --file hopper_medium-v2.hdf5  # cdp/d4rl/hopper-medium-v2
 
 See docs/DATASETS.md for every dataset: recipe, size, build time, differences from D4RL.
@@ -99,8 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     loc.add_argument("--kind", required=True, choices=locomotion.KINDS)
     loc.add_argument("--policy-dir", "--policies", dest="policy_dir", required=True,
                      help="a locomotion-train directory, a dataset's behaviour_policy/, or a "
-                          "locomotion-export folder (e.g. results/behaviour/hopper; not for "
-                          "medium-replay)")
+                          "locomotion-export folder (e.g. results/behaviour/hopper)")
     loc.add_argument("--num-steps", "--steps", type=int, default=None,
                      help="steps per policy (default 1000000; medium-replay: all of the buffer)")
     _add_selection_args(loc)
@@ -116,6 +115,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ex.add_argument("--policy-dir", required=True,
                     help="a locomotion-train directory or a dataset's behaviour_policy/")
     ex.add_argument("--out", required=True, help="the folder, e.g. results/behaviour/hopper")
+    ex.add_argument("--no-record", dest="record", action="store_false",
+                    help="leave out the training record up to the medium snapshot (record.npz, "
+                         "what medium-replay needs; shipped by default when --policy-dir has "
+                         "transitions.h5)")
     _add_selection_args(ex)
 
     d4 = sub.add_parser("d4rl", help="import an original D4RL HDF5 file")
@@ -142,11 +145,23 @@ def _main_locomotion(args) -> dict:
     """The locomotion-train / locomotion / locomotion-export / d4rl subcommands; returns the
     summary."""
     if args.builder == "locomotion-export":
-        return locomotion.export_policies(args.env, args.policy_dir, args.out,
-                                          medium_step=args.medium_step,
-                                          expert_step=args.expert_step,
-                                          expert_by=args.expert_by,
-                                          on_sampled=_candidate_line)
+        bars = []  # the record's replay check gets a bar once it starts, after the selection
+
+        def replayed(steps: int) -> None:
+            if not bars:
+                bars.append(tqdm(unit="step", desc="checking the shipped record"))
+            bars[0].update(steps)
+
+        try:
+            return locomotion.export_policies(args.env, args.policy_dir, args.out,
+                                              medium_step=args.medium_step,
+                                              expert_step=args.expert_step,
+                                              expert_by=args.expert_by,
+                                              on_sampled=_candidate_line, record=args.record,
+                                              progress=replayed)
+        finally:
+            for bar in bars:
+                bar.close()
     if args.builder == "locomotion-train":
         from cdp_jax.agents import sac
         from cdp_jax.agents.common import apply_overrides

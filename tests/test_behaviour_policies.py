@@ -146,7 +146,8 @@ def test_npz_route_equals_orbax_route_and_the_recorded_digest(run_dir, shipped, 
 
 
 def test_errors_name_the_problem(shipped, tmp_path, minari_root):
-    with pytest.raises(ValueError, match="medium-replay cannot be built from the shipped"):
+    assert "record" not in behaviour.read_manifest(shipped)  # the faked run has no transitions.h5
+    with pytest.raises(ValueError, match="medium-replay cannot be built from .* exported without"):
         locomotion.build("hopper", "medium-replay", shipped, None,
                          dataset_id="cdp/test/replay-v0")
     with pytest.raises(ValueError, match="not 'walker2d'"):
@@ -232,3 +233,27 @@ def test_the_shipped_hopper_policies_build_a_recorded_dataset(minari_root):
     assert summary["ref_max_score"] == manifest["reference_scores"]["ref_max_score"]
     assert summary["num_steps"] == 2 * STEPS
     assert _digest("cdp/test/shipped-hopper-v0") == SHIPPED_HOPPER_DIGEST
+
+
+def test_the_shipped_hopper_record_replays_its_first_block():
+    """The shipped training record (280k steps up to the medium snapshot) regenerates its first
+    10,000 steps bit for bit on this machine (the block's sha256 in the manifest)."""
+    folder = ROOT / "results" / "behaviour" / "hopper"
+    entry = behaviour.read_manifest(folder)["record"]
+    assert (entry["env_steps"], entry["num_envs"], len(entry["block_sha256"])) == (280_000, 1, 28)
+    record = locomotion.replay_record(folder, rows=entry["block_rows"])
+    assert record["rewards"].shape == (10_000, 1)
+    assert 0 < record["terminations"].sum() < 1_000  # short early episodes, as SAC starts
+
+
+# sha256 (_digest) of cdp/hopper/medium-replay-v0 built from the shipped folder; the same from the
+# run's transitions.h5 (2026-12-05).
+SHIPPED_HOPPER_REPLAY_DIGEST = "6a0697bb57a946f4fe848939eff494e77ecca8ea75907158d8a7d008afcee06c"
+
+
+@pytest.mark.slow
+def test_the_shipped_hopper_record_builds_the_recorded_medium_replay(minari_root):
+    summary = locomotion.build("hopper", "medium-replay", ROOT / "results" / "behaviour" / "hopper",
+                               None, dataset_id="cdp/test/shipped-replay-v0")
+    assert (summary["num_steps"], summary["num_episodes"]) == (280_000, 1505)
+    assert _digest("cdp/test/shipped-replay-v0") == SHIPPED_HOPPER_REPLAY_DIGEST

@@ -12,7 +12,7 @@ import pytest
 
 from cdp_jax.agents import sac, sac_train
 from cdp_jax.data import minari as dm
-from cdp_jax.data.builders import locomotion
+from cdp_jax.data.builders import behaviour, locomotion
 
 STEPS = 600  # per policy
 
@@ -153,6 +153,67 @@ def test_medium_replay_is_the_training_record(built, policy_dir):
                                       .astype(np.float32))
         np.testing.assert_array_equal(data.actions, f["actions"][:n, 0].astype(np.float32))
         np.testing.assert_array_equal(data.terminals, f["terminations"][:n, 0])
+
+
+def test_a_shipped_record_regenerates_a_resumed_run_bit_for_bit(tmp_path, minari_root,
+                                                                 monkeypatch):
+    """export_policies ships the training record up to the medium snapshot as its actions; the
+    replay resets the envs where the run did (its start and its resume) and regenerates
+    transitions.h5 exactly, so medium-replay from the shipped folder equals the run's. A changed
+    action is caught by the block digests, which name where the replay parts from the record."""
+    run, out = tmp_path / "run", tmp_path / "shipped"
+    config = sac.default_config(hidden_dims=(16,), batch_size=32, learning_starts=200,
+                                num_envs=2)
+    locomotion.train_behaviour("hopper", run, 600, seed=4, config=config, eval_every=300,
+                               eval_episodes=1)
+    locomotion.train_behaviour("hopper", run, 1200, seed=4, config=config, eval_every=300,
+                               eval_episodes=1, resume=True)
+    monkeypatch.setattr(behaviour, "RECORD_BLOCK", 100)  # rows per digest: 4.5 blocks here
+    ticks = []
+    manifest = locomotion.export_policies("hopper", run, out, medium_step=900, expert_step=1200,
+                                          num_random_episodes=2, num_expert_episodes=1,
+                                          progress=ticks.append)
+    entry = {**manifest["record"]}
+    assert (entry["env_steps"], entry["rows"], entry["num_envs"]) == (900, 450, 2)
+    assert [r["row"] for r in entry["resets"]] == [0, 300]  # the start, and the resume at 600
+    assert len(entry["block_sha256"]) == 5 and sum(ticks) == 900
+    replayed = locomotion.replay_record(out)
+    with h5py.File(run / "transitions.h5") as f:
+        for k, v in replayed.items():
+            np.testing.assert_array_equal(v, f[k][:450], err_msg=k)
+    a = locomotion.replay_episodes(run, 900)
+    b = locomotion.replay_episodes(out, 900)
+    assert len(a) == len(b) > 4
+    for x, y in zip(a, b, strict=True):
+        for k in ("observations", "actions", "rewards", "terminations", "truncations"):
+            np.testing.assert_array_equal(x[k], y[k])
+    summary = locomotion.build("hopper", "medium-replay", out, None,
+                               dataset_id="cdp/test/replay-shipped-v0")
+    assert summary["num_steps"] == 900
+    copy = Path(summary["path"]) / "behaviour_policy"  # a shipped folder, record included
+    assert behaviour.read_manifest(copy) == manifest and (copy / behaviour.RECORD).exists()
+    # One action changed at row 250 (env step 500, block 2: steps 400-600) parts the replay there.
+    packed = dict(np.load(out / behaviour.RECORD))
+    packed["actions"][250, 1, 0] += 0.25
+    manifest["record"]["sha256"] = behaviour.save_arrays(out / behaviour.RECORD, packed)
+    (out / behaviour.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="from env step 400 on .block 2"):
+        locomotion.replay_record(out)
+    locomotion.replay_record(out, rows=200)  # the blocks before it still match
+    (out / behaviour.MANIFEST).write_text(json.dumps({**manifest, "record": entry}))
+    with pytest.raises(ValueError, match="sha256"):
+        locomotion.replay_record(out)
+    assert "record" not in locomotion.export_policies(
+        "hopper", run, out, medium_step=900, expert_step=1200, record=False)
+
+
+def test_record_actions_pack_exactly():
+    rng = np.random.default_rng(0)
+    actions = np.concatenate([rng.uniform(-1, 1, (5, 2, 3)),  # float64 warm-up actions
+                              rng.uniform(-1, 1, (7, 2, 3)).astype(np.float32)])
+    packed = behaviour.pack_actions(actions)
+    assert packed["actions"].dtype == np.float32 and packed["exact_index"].size == 30
+    np.testing.assert_array_equal(behaviour.unpack_actions(packed), actions)
 
 
 def test_medium_datasets_from_the_start_of_a_run_and_a_reference(built, policy_dir, tmp_path):

@@ -302,7 +302,8 @@ def test_resume_continues_a_run(tmp_path):
     assert ticks[0] == 300 and sum(ticks) == 600  # the bar starts where the run stood
     assert evals[1]["seconds"] > evals[0]["seconds"]  # wall time counts across the resume
     assert int(state.step) == 400  # 100 before the checkpoint, 300 after
-    assert json.loads((tmp_path / "config.json").read_text())["num_steps"] == 600
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["num_steps"] == 600 and saved["resumed_at"] == [300]  # replays need the resumes
     with h5py.File(tmp_path / "transitions.h5") as f:
         assert f["rewards"].shape == (300, 2)
         trunc = f["truncations"][:]

@@ -55,6 +55,19 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: dict | None):
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
+def run_rng(seed: int, step: int = 0) -> np.random.Generator:
+    """The host-side generator of a :func:`train` run that starts (``step = 0``) or resumes at env
+    step ``step``: its first draw seeds the envs' resets (:func:`reset_seeds`), later ones the
+    random actions and the replay batches."""
+    return np.random.default_rng(seed if step == 0 else [seed, step])
+
+
+def reset_seeds(seed: int, step: int, num_envs: int) -> list[int]:
+    """The seeds :func:`train` resets its ``num_envs`` envs with when it starts or resumes at env
+    step ``step``; every later reset is the vector env's own autoreset."""
+    return [int(s) for s in run_rng(seed, step).integers(2**31, size=num_envs)]
+
+
 def action_scaler(space) -> Callable[[np.ndarray], np.ndarray]:
     """Map ``[-1, 1]`` policy actions affinely onto the env's (finite) action box."""
     low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
@@ -192,7 +205,9 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
     needed) from its last ``state/`` checkpoint up to ``num_steps``: the record is cut back to that
     step and the episodes running there are marked truncated, the replay buffer is refilled from
     the record, envs restart from fresh resets, and the randomness is re-derived from
-    ``(seed, step)``: deterministic, but not the same numbers as an uninterrupted run.
+    ``(seed, step)`` (:func:`run_rng`): deterministic, but not the same numbers as an
+    uninterrupted run. ``config.json`` lists the resume steps (``resumed_at``), so the record can
+    be replayed from its actions (:func:`cdp_jax.data.builders.locomotion.replay_record`).
     """
     from cdp_jax import checkpoint
 
@@ -204,7 +219,7 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim = int(np.prod(envs.single_action_space.shape))
     scale = action_scaler(envs.single_action_space)
-    rng = np.random.default_rng(seed)
+    rng = run_rng(seed)
     key = jax.random.PRNGKey(seed)
     key, init_key = jax.random.split(key)
     state = init(init_key, config, obs_dim, action_dim)
@@ -215,8 +230,10 @@ def train(env_id: str, config: SACConfig, num_steps: int, seed: int = 0, *,
             raise ValueError("resume=True needs out_dir and record_transitions=True.")
         state, steps, evaluations = _resume(out, env_id, config, state, checkpoint)
         saved = json.loads((out / "config.json").read_text())
-        (out / "config.json").write_text(json.dumps({**saved, "num_steps": num_steps}, indent=2))
-        rng = np.random.default_rng([seed, steps])
+        (out / "config.json").write_text(json.dumps(
+            {**saved, "num_steps": num_steps, "resumed_at": [*saved.get("resumed_at", []), steps]},
+            indent=2))
+        rng = run_rng(seed, steps)
         key = jax.random.fold_in(key, steps)
     elif out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,15 @@ A folder of shipped policies (e.g. ``results/behaviour/hopper/``) holds
 :func:`write_policies` writes such a folder, :func:`load_actor` reads one policy back into a
 :class:`SACState` whose actor acts exactly as the orbax snapshot it came from (same parameters,
 same network), checking the file's digest and every parameter's path, shape and dtype first.
-The training record (``transitions.h5``), and so ``medium-replay``, is not part of it.
+
+A folder may also hold what ``medium-replay`` needs, the SAC run's training record up to the
+medium snapshot, in a fraction of its size (:func:`write_record`): ``record.npz`` holds only the actions the env was stepped with
+(:func:`pack_actions`: float32, plus the few entries float32 cannot hold exactly, such as the
+uniform random warm-up actions), and the manifest's ``record`` entry the seeds the envs were reset
+with and a sha256 per :data:`RECORD_BLOCK` rows of everything else (:data:`RECORD_KEYS`). MuJoCo is
+deterministic, so stepping the same envs with the same seeds and actions regenerates the record
+bit for bit (:func:`cdp_jax.data.builders.locomotion.replay_record`), and the digests say where a
+replay on another machine stops matching.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from cdp_jax import files
 
 MANIFEST = "policies.json"
 FORMAT = "cdp_jax behaviour policies, npz v1"
+RECORD = "record.npz"
+RECORD_KEYS = ("observations", "next_observations", "rewards", "terminations", "truncations")
+RECORD_BLOCK = 10_000  # rows of the training record per sha256 in the manifest
 ACTOR_FIELDS = ("hidden_dims", "log_std_min", "log_std_max")
 POLICIES = ("medium", "expert")
 
@@ -67,15 +78,21 @@ def unflatten_params(flat: Mapping[str, np.ndarray]) -> dict:
 
 
 def save_params(path: str | Path, params: Mapping) -> str:
-    """Write ``params`` (a nested dict of arrays) as an ``.npz`` at ``path``; return its sha256.
+    """Write ``params`` (a nested dict of arrays) as an ``.npz`` at ``path``; return its sha256
+    (:func:`save_arrays` of the flattened parameters)."""
+    return save_arrays(path, flatten_params(params))
 
-    Members are stored uncompressed in sorted order with a fixed timestamp, so equal parameters
-    give equal bytes (``np.savez`` stamps the current time).
+
+def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> str:
+    """Write named arrays as an ``.npz`` at ``path``; return its sha256.
+
+    Members are stored uncompressed in sorted order with a fixed timestamp, so equal arrays give
+    equal bytes (``np.savez`` stamps the current time).
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for name, value in sorted(flatten_params(params).items()):
+        for name, value in sorted(arrays.items()):
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             with archive.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
@@ -190,3 +207,83 @@ def load_actor_at_step(policy_dir: str | Path, step: int):
             return load_actor(policy_dir, which)
     raise ValueError(f"no shipped policy at env step {step} in {Path(policy_dir) / MANIFEST}; "
                      f"it holds {({w: p['env_step'] for w, p in policies.items()})}")
+
+
+def record_digests(record: Mapping[str, np.ndarray], block: int | None = None) -> list[str]:
+    """sha256 of each ``block`` (default :data:`RECORD_BLOCK`) rows of a training record's
+    :data:`RECORD_KEYS` arrays (``(rows, num_envs, ...)``, the layout of ``transitions.h5``),
+    hashed in that order; the last digest covers the remaining rows."""
+    block = block or RECORD_BLOCK
+    rows = len(record["rewards"])
+    digests = []
+    for start in range(0, rows, block):
+        h = hashlib.sha256()
+        for k in RECORD_KEYS:
+            h.update(np.ascontiguousarray(record[k][start:start + block]).tobytes())
+        digests.append(h.hexdigest())
+    return digests
+
+
+def pack_actions(actions: np.ndarray) -> dict[str, np.ndarray]:
+    """Float64 env actions as ``actions`` (float32) plus ``exact_index`` / ``exact_value``: the
+    flat positions and float64 values of the entries float32 does not hold exactly.
+    :func:`unpack_actions` inverts it bit for bit."""
+    actions = np.asarray(actions, np.float64)
+    low = actions.astype(np.float32)
+    index = np.flatnonzero(low.astype(np.float64) != actions)
+    return {"actions": low, "exact_index": index.astype(np.int64),
+            "exact_value": actions.reshape(-1)[index]}
+
+
+def unpack_actions(packed: Mapping[str, np.ndarray]) -> np.ndarray:
+    actions = np.asarray(packed["actions"]).astype(np.float64)
+    actions.reshape(-1)[packed["exact_index"]] = packed["exact_value"]
+    return actions
+
+
+def write_record(policy_dir: str | Path, actions: np.ndarray, *, env_steps: int,
+                 resets: list[dict], digests: list[str], versions: dict) -> dict:
+    """Add a training record to a shipped folder: ``record.npz`` (:func:`pack_actions` of the
+    ``(rows, num_envs, action_dim)`` env actions) and the manifest's ``record`` entry, which it
+    returns: ``env_steps``, ``rows``, ``num_envs``, ``resets`` (``[{"row", "seeds"}]``: where the
+    run reset its envs with explicit seeds, its start and each resume), ``block_rows``,
+    ``block_sha256`` (:func:`record_digests`), the simulator ``versions`` and the file's sha256."""
+    policy_dir = Path(policy_dir)
+    manifest = read_manifest(policy_dir)
+    rows, num_envs = actions.shape[:2]
+    entry = {"file": RECORD, "env_steps": int(env_steps), "rows": int(rows),
+             "num_envs": int(num_envs), "resets": resets, "block_rows": RECORD_BLOCK,
+             "block_sha256": list(digests), "versions": versions,
+             "sha256": save_arrays(policy_dir / RECORD, pack_actions(actions))}
+    files.write_json(policy_dir / MANIFEST, {**manifest, "record": entry})
+    return entry
+
+
+def drop_record(policy_dir: str | Path) -> None:
+    """Remove a shipped folder's training record (file and manifest entry), if it has one."""
+    policy_dir = Path(policy_dir)
+    manifest = read_manifest(policy_dir)
+    manifest.pop("record", None)
+    files.write_json(policy_dir / MANIFEST, manifest)
+    (policy_dir / RECORD).unlink(missing_ok=True)
+
+
+def load_record_actions(policy_dir: str | Path) -> tuple[np.ndarray, dict]:
+    """The env actions of a shipped training record (float64, ``(rows, num_envs, action_dim)``)
+    and its manifest entry; ``ValueError`` if the folder has none or the file's sha256 or shape
+    differs from the manifest's."""
+    policy_dir = Path(policy_dir)
+    entry = read_manifest(policy_dir).get("record")
+    if entry is None:
+        raise ValueError(f"{policy_dir / MANIFEST} has no training record (it was exported "
+                         "without one, from a folder that had no transitions.h5)")
+    path = policy_dir / entry["file"]
+    if sha256(path) != entry["sha256"]:
+        raise ValueError(f"{path}: sha256 {sha256(path)} differs from the manifest's "
+                         f"{entry['sha256']} (a damaged or replaced file)")
+    with np.load(path, allow_pickle=False) as data:
+        actions = unpack_actions({k: data[k] for k in data.files})
+    if actions.shape[:2] != (entry["rows"], entry["num_envs"]):
+        raise ValueError(f"{path}: actions of shape {actions.shape}, the manifest says "
+                         f"{entry['rows']} rows of {entry['num_envs']} envs")
+    return actions, entry
