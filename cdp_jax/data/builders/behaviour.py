@@ -16,12 +16,13 @@ A folder of shipped policies (e.g. ``results/behaviour/hopper/``) holds
 same network), checking the file's digest and every parameter's path, shape and dtype first.
 
 A folder may also hold what ``medium-replay`` needs, the SAC run's training record up to the
-medium snapshot, in a fraction of its size (:func:`write_record`): ``record.npz`` holds only the actions the env was stepped with
-(:func:`pack_actions`: float32, plus the few entries float32 cannot hold exactly, such as the
-uniform random warm-up actions), and the manifest's ``record`` entry the seeds the envs were reset
-with and a sha256 per :data:`RECORD_BLOCK` rows of everything else (:data:`RECORD_KEYS`). MuJoCo is
-deterministic, so stepping the same envs with the same seeds and actions regenerates the record
-bit for bit (:func:`cdp_jax.data.builders.locomotion.replay_record`), and the digests say where a
+medium snapshot, in a fraction of its size (:func:`write_record`): ``record.npz`` holds only the
+actions the env was stepped with (:func:`pack_actions`: float32, plus the few entries float32
+cannot hold exactly, such as the uniform random warm-up actions), and the manifest's ``record``
+entry the seeds the envs were reset with and a sha256 per :data:`RECORD_BLOCK` rows of
+everything else (:data:`RECORD_KEYS`). MuJoCo is deterministic, so stepping the same envs with
+the same seeds and actions regenerates the record bit for bit
+(:func:`cdp_jax.data.builders.locomotion.replay_record`), and the digests say where a
 replay on another machine stops matching.
 """
 
