@@ -359,21 +359,26 @@ def _training_record(policy_dir: Path, up_to_step: int,
     """The training record's rows up to env step ``up_to_step``, ``(rows, num_envs, ...)``."""
     path = policy_dir / "transitions.h5"
     if path.exists():
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            num_envs = f["rewards"].shape[1]
-            rows = min(up_to_step // num_envs, f["rewards"].shape[0])
-            data = {k: f[k][:rows] for k in f}
+        data = _read_transitions(path, up_to_step)
         if progress is not None:
-            progress(rows * num_envs)
+            progress(data["rewards"].size)
         return data
-    if behaviour.is_shipped(policy_dir) and "record" in behaviour.read_manifest(policy_dir):
-        entry = behaviour.read_manifest(policy_dir)["record"]
+    entry = (behaviour.read_manifest(policy_dir).get("record")
+             if behaviour.is_shipped(policy_dir) else None)
+    if entry is not None:
         return replay_record(policy_dir, up_to_step // entry["num_envs"], progress=progress)
     raise FileNotFoundError(f"{path} not found: medium-replay needs the training record of "
                             "train_behaviour, or a shipped folder exported with it (a dataset's "
                             "orbax behaviour_policy copy has none).")
+
+
+def _read_transitions(path: Path, up_to_step: int) -> dict:
+    """The rows of a ``transitions.h5`` up to env step ``up_to_step`` (all of it if shorter)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        rows = min(up_to_step // f["rewards"].shape[1], f["rewards"].shape[0])
+        return {k: f[k][:rows] for k in f}
 
 
 def replay_record(policy_dir: str | Path, rows: int | None = None, *,
@@ -443,14 +448,10 @@ def _export_record(policy_dir: Path, out: Path, medium_step: int, training: dict
                    progress: Callable[[int], None] | None) -> dict:
     """Ship the training record up to ``medium_step`` (:func:`behaviour.write_record`), then
     replay it (:func:`replay_record`) to check it regenerates ``transitions.h5`` bit for bit."""
-    import h5py
-
     from cdp_jax.agents import sac_train
 
-    with h5py.File(policy_dir / "transitions.h5", "r") as f:
-        num_envs = f["rewards"].shape[1]
-        rows = min(medium_step // num_envs, f["rewards"].shape[0])
-        record = {k: f[k][:rows] for k in f}
+    record = _read_transitions(policy_dir / "transitions.h5", medium_step)
+    rows, num_envs = record["rewards"].shape
     seed = training["seed"]
     resets = [{"row": step // num_envs, "seeds": sac_train.reset_seeds(seed, step, num_envs)}
               for step in (0, *training.get("resumed_at", ())) if step // num_envs < rows]
