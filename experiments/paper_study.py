@@ -24,6 +24,12 @@ Studies (``--study``; they run in this order, their cells in the order of ``--ta
 * ``sweep``: Hopper medium-replay at 10 %, weight 0.01 and 1 (0 and 0.1 are the ``rl`` cells).
 * ``fast``: the fast presets' arm (``paper-fast`` / ``paper-il-fast``) beside the exact-penalty
   and weight-0 cells of ``FAST_ROWS``, which are the ``rl`` / ``il`` studies' own cells.
+* ``budget``: the paper's headline row at the paper's budget: Hopper medium-replay, 100 % of the
+  transitions, weight 0 vs 0.1, **200,000 gradient steps** (``--budget-steps``), evaluated every
+  10,000 steps (5 x ``--eval-every``), checkpointed every 2,000 (a run killed at any point
+  loses at most 2,000 steps). About 4 wall hours per arm on a 2-core CPU.
+* ``seeds``: ten more seeds (5-14) for both arms of Hopper medium-expert 1 %, same protocol as
+  its ``rl`` cells (seeds 0-4); the row's verdict is taken on all 15.
 * ``quirks``: Hopper medium-replay at 10 %, weight 0.1, with one of cdp_jax's corrected choices
   switched in: ``time_embedding=positional`` (float t instead of the integer-t quirk),
   ``tau=0.005`` (standard Polyak targets instead of CleanDiffuser's 0.995 formula),
@@ -61,7 +67,7 @@ import study_runner as runner  # noqa: E402
 from cdp_jax import cli  # noqa: E402
 
 ROOT = runner.ROOT
-STUDIES = ("rl", "il", "sweep", "quirks", "fast")
+STUDIES = ("rl", "il", "sweep", "quirks", "fast", "budget", "seeds")
 # task -> (dataset id, command that builds it)
 RL_TASKS = {
     "umaze": ("cdp/pointmaze/umaze-v0", "make_dataset.py pointmaze --maze umaze"),
@@ -105,6 +111,13 @@ FAST_ROWS = (("il", "push", None), ("il", "push", 0.1), ("il", "umaze", None),
              ("rl", "umaze", None), ("rl", "hopper-me", 0.1), ("rl", "hopper-me", None),
              ("rl", "hopper-me", 0.01))
 FAST_PRESETS = {"rl": "paper-fast", "il": "paper-il-fast"}
+# The paper's budget (200k gradient steps) on its headline row, and the seeds added to the one row
+# where CDP led on every seed (docs/RESULTS.md fixes both before their cells ran).
+BUDGET_STEPS = 200_000
+BUDGET_TASK = "hopper-mr"
+BUDGET_EVAL_FACTOR = 5  # evaluate every 5 x --eval-every = 10,000 steps
+SEEDS_ROW = ("hopper-me", 0.01)
+MORE_SEEDS = "5-14"
 TITLES = {
     "sweep": "Penalty weight sweep: Hopper medium-replay, 10% of the transitions (weights 0 and "
              "0.1: the rl cells)",
@@ -112,6 +125,8 @@ TITLES = {
               "weight 0.1 (reference: the rl cdp cell)",
     "fast": "The fast penalty (paper-fast / paper-il-fast) beside the exact one (cdp) and weight 0 "
             "(edp)",
+    "budget": "The paper's budget: Hopper medium-replay, 100% of the transitions, 200,000 steps",
+    "seeds": "Hopper medium-expert 1%: seeds 5-14 (seeds 0-4: the rl cells)",
 }
 
 
@@ -128,8 +143,23 @@ def _rl_cell(study_name: str, task: str, fraction, arm: str, weight: float,
 
 
 def cells_for(name: str, tasks: tuple[str, ...], il_steps: int | None = None,
-              il_eval_every: int = 1000) -> list[runner.Cell]:
+              il_eval_every: int = 1000, budget_steps: int = BUDGET_STEPS) -> list[runner.Cell]:
     """The grid of one study (see the module docstring)."""
+    if name == "budget":
+        if BUDGET_TASK not in tasks:
+            return []
+        return [dataclasses.replace(_rl_cell("budget", BUDGET_TASK, None, arm, weight),
+                                    name=f"rl_{BUDGET_TASK}_f100_{arm}_200k", steps=budget_steps,
+                                    group=f"{BUDGET_TASK} 100% 200k",
+                                    eval_factor=BUDGET_EVAL_FACTOR)
+                for arm, weight in ARMS]
+    if name == "seeds":
+        task, fraction = SEEDS_ROW
+        if task not in tasks:
+            return []
+        return [dataclasses.replace(c, study="seeds", name=f"{c.name}_s{MORE_SEEDS}",
+                                    seeds=MORE_SEEDS)
+                for c in cells_for("rl", (task,)) if c.fraction == fraction]
     if name == "rl":
         return [_rl_cell("rl", task, fraction, arm, weight)
                 for task in tasks if task in RL_TASKS
@@ -176,6 +206,8 @@ def reference_cells(name: str, tasks=(), il_steps: int | None = None,
         return [c for kind, task, fraction in FAST_ROWS if task in tasks
                 for c in cells_for(kind, (task,), il_steps, il_eval_every)
                 if c.fraction == fraction]
+    if name == "seeds" and SEEDS_ROW[0] in tasks:  # seeds 0-4 of the same row
+        return [c for c in cells_for("rl", (SEEDS_ROW[0],)) if c.fraction == SEEDS_ROW[1]]
     return []
 
 
@@ -183,7 +215,7 @@ def study_cells(name: str, tasks, args) -> list[runner.Cell]:
     """The cells of study ``name`` on ``tasks``, after the cells it compares with."""
     il_eval_every = min(args.eval_every, 1000)
     return (reference_cells(name, tuple(tasks), args.il_steps, il_eval_every)
-            + cells_for(name, tuple(tasks), args.il_steps, il_eval_every))
+            + cells_for(name, tuple(tasks), args.il_steps, il_eval_every, args.budget_steps))
 
 
 def dataset_missing(dataset_id: str) -> bool:
@@ -212,10 +244,12 @@ def parse_args(argv=None):
                         eval_every=2000, eval_episodes=10)
     parser.add_argument("--il-steps", type=int, default=IL_STEPS,
                         help="gradient steps of the il cells (--steps is the offline-RL cells')")
+    parser.add_argument("--budget-steps", type=int, default=BUDGET_STEPS,
+                        help="gradient steps of the budget cells (the paper's 200k)")
     parser.set_defaults(runs_root=str(ROOT / "runs" / "paper_study"))
     args = runner.parse_run_args(parser, argv)
     if args.quick:
-        args.il_steps = args.steps
+        args.il_steps = args.budget_steps = args.steps
     return args
 
 

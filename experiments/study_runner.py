@@ -56,12 +56,13 @@ class Cell:
     preset: str | None = None  # a train.py --preset the cell starts from (e.g. "paper")
     steps: int | None = None  # gradient steps of this cell (None: the study's --steps)
     eval_factor: int = 1  # evaluate every eval_factor x --eval-every steps (checkpoints: every)
+    seeds: str | None = None  # train.py --seeds of this cell (None: the study's --seeds)
 
     def command(self, args) -> list[str]:
         cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "--agent", self.agent,
                "--dataset", self.dataset, "--contraction-weight", str(self.weight),
-               "--seeds", args.seeds, "--steps", str(self.steps or args.steps), "--eval-every",
-               str(self.eval_factor * args.eval_every), "--checkpoint-every", str(args.eval_every),
+               "--seeds", self.seeds or args.seeds, "--steps", str(self.steps or args.steps),
+               "--eval-every", str(self.eval_factor * args.eval_every), "--checkpoint-every", str(args.eval_every),
                "--eval-episodes", str(args.eval_episodes), "--eval-envs",
                str(min(args.eval_episodes, 10)), "--updates-per-call",
                str(math.gcd(250, args.eval_every)), "--name", self.name, "--run-dir",
@@ -279,18 +280,19 @@ def recorded_cell(record: dict | None, cell: Cell, args) -> dict | None:
         return words
 
     now = json.loads(json.dumps(dataclasses.asdict(cell)))
+    # A field added to Cell since the record was written takes its default there.
+    defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(Cell)
+                                      if f.default is not dataclasses.MISSING}))
+    recorded = record.get("cell") or {}
+    same_fields = all(recorded.get(k, defaults.get(k)) == v for k, v in now.items())
     if "command" not in record:
         # Written before cells recorded their commands (the PointMaze and Fetch studies): judged
-        # on the cell's fields (a field added since takes its default) and its steps. Dropping
-        # it would empty a committed results file on a machine without its run directories.
-        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(Cell)
-                                          if f.default is not dataclasses.MISSING}))
-        recorded = record.get("cell") or {}
-        same = (all(recorded.get(k, defaults.get(k)) == v for k, v in now.items())
-                and record.get("steps") == (cell.steps or args.steps))
+        # on the cell's fields and its steps. Dropping it would empty a committed results file
+        # on a machine without its run directories.
+        same = same_fields and record.get("steps") == (cell.steps or args.steps)
     else:
-        same = (record.get("cell") == now and configuration(record["command"]) ==
-                configuration(cell.display_command(args)))
+        same = same_fields and (configuration(record["command"]) ==
+                                configuration(cell.display_command(args)))
     if not same:
         print(f"  {cell.name}: the recorded result is of another configuration; dropped "
               f"(recorded: {record.get('command')})", flush=True)
