@@ -20,9 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from cdp_jax.configs.names import PREDICTIONS
 from cdp_jax.schedules import Schedule
-
-PREDICTIONS = ("eps", "x0", "v")
 
 
 def check_prediction(prediction: str) -> None:

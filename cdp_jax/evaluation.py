@@ -32,8 +32,7 @@ import jax
 import numpy as np
 
 from cdp_jax import files
-
-VECTOR_MODES = ("sync", "async")
+from cdp_jax.configs.names import VECTOR_MODES
 
 
 def make_vector_env(make_env: Callable[[], gym.Env], num_envs: int, mode: str = "sync"):

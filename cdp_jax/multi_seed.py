@@ -21,6 +21,7 @@ import numpy as np
 from cdp_jax import checkpoint, evaluation, parallel, run_directory
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import DATA, get_agent
+from cdp_jax.configs.train import parse_seeds  # noqa: F401 (re-exported)
 from cdp_jax.data import buffer, minari
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data.normalization import Normalizer
@@ -42,20 +43,6 @@ from cdp_jax.training import (
     restore_for_resume,
     resume_step,
 )
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0-9"`` (inclusive range), ``"0,3,5"`` or a mix (``"0-2,7"``) -> distinct seeds."""
-    seeds = []
-    try:
-        for part in str(text).split(","):
-            lo, sep, hi = part.strip().partition("-")
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
-    except ValueError:
-        raise ValueError(f"Invalid seeds {text!r}; expected e.g. '0-9' or '0,3,5'.") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ValueError(f"Invalid seeds {text!r}: need distinct non-negative seeds, got {seeds}.")
-    return tuple(seeds)
 
 
 def seed_config(config: TrainConfig, seed: int) -> TrainConfig:

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cdp_jax.configs import names
+
 # exp(20)^2 ~ 2e17 is finite in float32 and mish(x) == x to float32 precision beyond it.
 _MISH_CUTOFF = 20.0
 
@@ -222,7 +224,7 @@ def time_embedding(name: str, dim: int) -> nn.Module:
 # Parameter initialisations. "flax": lecun-normal kernels, zero biases. "torch": PyTorch's
 # nn.Linear default (kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)) for the kernel and
 # the bias), what the official code's networks start from.
-INITS = ("flax", "torch")
+INITS = names.INITS
 
 
 def _torch_uniform(fan_in: int):

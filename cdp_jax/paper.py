@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from cdp_jax.contraction import ContractionConfig
+from cdp_jax.configs.contraction import ContractionConfig
 from cdp_jax.data import dataset_ids
 
 # The official penalty: mean((J_sym + 0.1 I)^2) over the d^2 entries, the exact Jacobian of the

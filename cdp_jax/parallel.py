@@ -27,14 +27,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-PARALLEL_MODES = ("none", "data", "seeds")
+from cdp_jax.configs import names
+
+PARALLEL_MODES = names.PARALLEL_MODES
 
 
 class DeviceMemoryError(MemoryError):
     """A configuration needs more device memory than there is; the message names the fields."""
 
 
-DEVICE_KINDS = ("auto", "cpu", "gpu", "tpu")
+DEVICE_KINDS = names.DEVICE_KINDS
 MESH_AXIS = {"data": "batch", "seeds": "seeds"}
 
 

@@ -35,11 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-KINDS = ("linear", "cosine")
-DISCRETIZATIONS = ("ddpm", "cleandiffuser")
+from cdp_jax.configs import names
+
+KINDS = names.SCHEDULE_KINDS
+DISCRETIZATIONS = names.DISCRETIZATIONS
 # "cleandiffuser": CleanDiffuser's sampling grid, integer levels floor(linspace(0, T-1, steps + 1))
 # that end on level 0 instead of the clean point (discrete schedules only).
-SPACINGS = ("uniform", "quadratic", "logsnr", "cleandiffuser")
+SPACINGS = names.SPACINGS
 
 # sigma = 0 gives lambda = +inf; log-SNR is reported clipped to this value at the clean point.
 _CLEAN_LOG_SNR = 1e4

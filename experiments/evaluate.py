@@ -30,11 +30,11 @@ import json
 import sys
 from pathlib import Path
 
-import jax
-
-from cdp_jax import checkpoint, cli, evaluation, multi_seed, run_config, training
-from cdp_jax.agents import common
-from cdp_jax.data import minari
+# Only JAX-free modules here: --help, a bad value, a missing run and a bad --set are answered
+# before JAX starts (main() imports the rest).
+from cdp_jax import cli
+from cdp_jax.configs import fields, names
+from cdp_jax.configs import train as train_config
 
 
 def checkpoint_arg(text: str):
@@ -54,7 +54,7 @@ def checkpoint_arg(text: str):
 def reset_seeds_arg(text: str) -> tuple[int, ...]:
     """``--reset-seeds``: ``0-49``, ``0,3,5`` or a mix (``0-9,100``): distinct integers >= 0."""
     try:
-        return multi_seed.parse_seeds(text)
+        return train_config.parse_seeds(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid value {text!r}: expected distinct integers >= 0 such as '0-49', '0,3,5' "
@@ -75,17 +75,19 @@ def parse_args(argv=None):
     parser.add_argument("run_dir", help="a run directory written by experiments/train.py")
     parser.add_argument("--checkpoint", default=None, type=checkpoint_arg,
                         help="'latest', 'best' or a gradient step (default: latest)")
-    parser.add_argument("--episodes", type=int, default=None, help="default: the run's")
-    parser.add_argument("--envs", type=int, default=None, help="parallel envs; default: the run's")
-    parser.add_argument("--vector", choices=evaluation.VECTOR_MODES, default=None)
-    parser.add_argument("--candidates", type=int, default=None,
+    parser.add_argument("--episodes", type=fields.positive_int, default=None,
+                        help="default: the run's")
+    parser.add_argument("--envs", type=fields.positive_int, default=None,
+                        help="parallel envs; default: the run's")
+    parser.add_argument("--vector", choices=names.VECTOR_MODES, default=None)
+    parser.add_argument("--candidates", type=fields.positive_int, default=None,
                         help="DQL: critic-resampled candidates per action (official: 100)")
-    parser.add_argument("--candidate-temperature", type=float, default=None)
-    parser.add_argument("--noise-temperature", type=float, default=None,
+    parser.add_argument("--candidate-temperature", type=fields.finite_float, default=None)
+    parser.add_argument("--noise-temperature", type=fields.finite_float, default=None,
                         help="initial-noise scale of the sampler (official: 0.5)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override an agent field used by act (sampler, sampler_steps, ...)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=fields.nonnegative_int, default=None,
                         help="evaluation seed: the policy's sampling key and, without "
                              "--reset-seeds, the start states (episode k resets with seed "
                              "100000 SEED + k); default: the run's seed, whose start states its "
@@ -110,7 +112,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    run_config.load_run_config(args.run_dir)  # a clear error if there is no run
+    _, saved_agent = train_config.load_run_config(args.run_dir)  # a clear error if there is none
+    overrides = list(args.set)
+    for flag, field in (("candidates", "num_candidates"), ("noise_temperature", "noise_temperature"),
+                        ("candidate_temperature", "candidate_temperature")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{field}={getattr(args, flag)}")
+    fields.apply_overrides(saved_agent, overrides).validate()  # refused before JAX starts
+    import jax  # noqa: PLC0415
+
+    from cdp_jax import checkpoint, evaluation, run_config, training  # noqa: PLC0415
+    from cdp_jax.data import minari  # noqa: PLC0415
+
     try:
         step = run_config.checkpoint_step(args.run_dir, args.checkpoint)
         out = Path(args.run_dir) / f"eval_{step}_{args.tag}.json"
@@ -121,12 +134,7 @@ def main(argv=None) -> int:
         config, agent_config, state, norm, meta = run_config.load_policy(args.run_dir, step)
     except checkpoint.CheckpointError as err:
         raise checkpoint.CheckpointError(f"{err} Choose one with --checkpoint STEP.") from None
-    overrides = list(args.set)
-    for flag, field in (("candidates", "num_candidates"), ("noise_temperature", "noise_temperature"),
-                        ("candidate_temperature", "candidate_temperature")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{field}={getattr(args, flag)}")
-    agent_config = common.apply_overrides(agent_config, overrides).validate()
+    agent_config = fields.apply_overrides(agent_config, overrides).validate()
     state = state.replace(config=agent_config)
     run_overrides = {k: v for k, v in (("eval_episodes", args.episodes), ("eval_envs", args.envs),
                                        ("eval_vector", args.vector), ("seed", args.seed))

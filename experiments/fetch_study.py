@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_runner as runner  # noqa: E402
 
 from cdp_jax import cli  # noqa: E402
+from cdp_jax.configs import fields  # noqa: E402
 
 ROOT = runner.ROOT
 TASKS = {"push": "cdp/fetch/push-v0", "pickandplace": "cdp/fetch/pickandplace-v0"}
@@ -85,7 +86,8 @@ def parse_args(argv=None):
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES),
                         default=["mlp", "unet"])
-    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0, 0.5, 0.1, 0.05])
+    parser.add_argument("--fractions", nargs="+", type=fields.positive_float,
+                        default=[1.0, 0.5, 0.1, 0.05])
     parser.add_argument("--ablations", action="store_true",
                         help="run the UNet penalty ablation (Push, 100%%) instead of the grid")
     runner.add_run_args(parser, out=str(ROOT / "results" / "fetch"), steps=3000, eval_every=1000,

@@ -31,18 +31,19 @@ import sys
 
 from tqdm import tqdm
 
+# Only JAX-free modules here: --help and a bad value are answered before JAX, gymnasium and
+# minari start (the builders are imported once the arguments are valid).
 from cdp_jax import cli
-from cdp_jax.data import d4rl
-from cdp_jax.data.builders import fetch, locomotion, pointmaze, random_policy
+from cdp_jax.configs import fields, names
 
 
 def _add_selection_args(parser: argparse.ArgumentParser) -> None:
     """Which snapshots of a behaviour run are the medium and expert policies."""
-    parser.add_argument("--medium-step", type=int, default=None,
+    parser.add_argument("--medium-step", type=fields.nonnegative_int, default=None,
                         help="override the medium snapshot")
-    parser.add_argument("--expert-step", type=int, default=None,
+    parser.add_argument("--expert-step", type=fields.nonnegative_int, default=None,
                         help="override the expert snapshot")
-    parser.add_argument("--expert-by", choices=locomotion.EXPERT_BY, default="evaluation",
+    parser.add_argument("--expert-by", choices=names.EXPERT_BY, default="evaluation",
                         help="the expert: the best-evaluated snapshot (deterministic actions), "
                              "or, of those within 10%% of it, the one that returns most with "
                              "sampled actions, as the dataset's rollouts act (100k steps each, "
@@ -56,38 +57,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="builder", required=True)
 
     pm = sub.add_parser("pointmaze", help="PointMaze: BFS waypoint PD controller + action noise")
-    pm.add_argument("--maze", default="umaze", choices=sorted(pointmaze.MAZES))
-    pm.add_argument("--num-steps", type=int, default=200_000, help="environment steps to record")
-    pm.add_argument("--action-noise", type=float, default=0.5,
+    pm.add_argument("--maze", default="umaze", choices=sorted(names.MAZES))
+    pm.add_argument("--num-steps", type=fields.positive_int, default=200_000,
+                    help="environment steps to record")
+    pm.add_argument("--action-noise", type=fields.nonnegative_float, default=0.5,
                     help="std of Gaussian noise added to the controller's action")
-    pm.add_argument("--max-episode-steps", type=int, default=1000,
+    pm.add_argument("--max-episode-steps", type=fields.positive_int, default=1000,
                     help="cut an episode after this many steps without reaching its goal")
-    pm.add_argument("--reward-type", default="sparse", choices=pointmaze.REWARD_TYPES)
-    pm.add_argument("--num-reference-episodes", type=int, default=100,
+    pm.add_argument("--reward-type", default="sparse", choices=names.MAZE_REWARD_TYPES)
+    pm.add_argument("--num-reference-episodes", type=fields.positive_int, default=100,
                     help="evaluation episodes for ref_min_score / ref_max_score")
 
     rnd = sub.add_parser("random", help="uniform random actions in any gymnasium env")
     rnd.add_argument("--env-id", required=True, help="gymnasium id, e.g. Hopper-v5")
-    rnd.add_argument("--num-steps", type=int, default=100_000)
-    rnd.add_argument("--max-episode-steps", type=int, default=None)
+    rnd.add_argument("--num-steps", type=fields.positive_int, default=100_000)
+    rnd.add_argument("--max-episode-steps", type=fields.positive_int, default=None)
 
     fe = sub.add_parser("fetch", help="Fetch Push / PickAndPlace: scripted waypoint expert demos")
-    fe.add_argument("--task", default="pickandplace", choices=sorted(fetch.TASKS))
-    fe.add_argument("--num-demos", type=int, default=200, help="episodes written (50 steps each)")
-    fe.add_argument("--action-noise", type=float, default=0.1,
+    fe.add_argument("--task", default="pickandplace", choices=sorted(names.FETCH_TASKS))
+    fe.add_argument("--num-demos", type=fields.positive_int, default=200,
+                    help="episodes written (50 steps each)")
+    fe.add_argument("--action-noise", type=fields.nonnegative_float, default=0.1,
                     help="std of Gaussian noise on the commanded gripper motion")
     fe.add_argument("--keep-failures", action="store_true",
                     help="also write unsuccessful episodes (default: successful ones only)")
-    fe.add_argument("--num-reference-episodes", type=int, default=50,
+    fe.add_argument("--num-reference-episodes", type=fields.positive_int, default=50,
                     help="evaluation episodes for ref_min_score / ref_max_score")
 
     lt = sub.add_parser("locomotion-train",
                         help="train the SAC behaviour policies of a locomotion env (D4RL recipe)")
-    lt.add_argument("--env", required=True, choices=sorted(locomotion.ENVS))
+    lt.add_argument("--env", required=True, choices=sorted(names.LOCOMOTION_ENVS))
     lt.add_argument("--policy-dir", required=True, help="output directory, e.g. runs/behaviour/hopper")
-    lt.add_argument("--num-steps", "--steps", type=int, default=1_000_000, help="SAC env steps")
-    lt.add_argument("--eval-every", type=int, default=10_000)
-    lt.add_argument("--eval-episodes", type=int, default=10)
+    lt.add_argument("--num-steps", "--steps", type=fields.positive_int, default=1_000_000,
+                    help="SAC env steps")
+    lt.add_argument("--eval-every", type=fields.positive_int, default=10_000)
+    lt.add_argument("--eval-episodes", type=fields.positive_int, default=10)
     lt.add_argument("--sac", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="SACConfig overrides, e.g. num_envs=4 batch_size=256")
     lt.add_argument("--resume", action="store_true",
@@ -95,15 +99,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     loc = sub.add_parser("locomotion", help="medium / medium-replay / expert / medium-expert "
                          "from trained behaviour policies (D4RL recipe)")
-    loc.add_argument("--env", required=True, choices=sorted(locomotion.ENVS))
-    loc.add_argument("--kind", required=True, choices=locomotion.KINDS)
+    loc.add_argument("--env", required=True, choices=sorted(names.LOCOMOTION_ENVS))
+    loc.add_argument("--kind", required=True, choices=names.LOCOMOTION_KINDS)
     loc.add_argument("--policy-dir", "--policies", dest="policy_dir", required=True,
                      help="a locomotion-train directory, a dataset's behaviour_policy/, or a "
                           "locomotion-export folder (e.g. results/behaviour/hopper)")
-    loc.add_argument("--num-steps", "--steps", type=int, default=None,
+    loc.add_argument("--num-steps", "--steps", type=fields.positive_int, default=None,
                      help="steps per policy (default 1000000; medium-replay: all of the buffer)")
     _add_selection_args(loc)
-    loc.add_argument("--num-envs", type=int, default=10, help="vector envs for the rollouts")
+    loc.add_argument("--num-envs", type=fields.positive_int, default=10,
+                     help="vector envs for the rollouts")
     loc.add_argument("--reference", default=None, metavar="JSON",
                      help="expert and reference scores of the full run whose start --policy-dir "
                           "holds (medium / medium-replay), e.g. results/behaviour/hopper.json")
@@ -111,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ex = sub.add_parser("locomotion-export",
                         help="write the medium and expert snapshots of a locomotion-train run as "
                              "npz with the reference scores (a folder small enough for git)")
-    ex.add_argument("--env", required=True, choices=sorted(locomotion.ENVS))
+    ex.add_argument("--env", required=True, choices=sorted(names.LOCOMOTION_ENVS))
     ex.add_argument("--policy-dir", required=True,
                     help="a locomotion-train directory or a dataset's behaviour_policy/")
     ex.add_argument("--out", required=True, help="the folder, e.g. results/behaviour/hopper")
@@ -126,12 +131,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     d4.add_argument("--task", default=None, help="D4RL task name; default from the file name")
 
     for p in (pm, rnd, fe, lt, loc, d4):
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=fields.nonnegative_int, default=0)
         p.add_argument("--dataset-id", default=None,
                        help="Minari id (namespace/name-v<version>); default depends on the builder")
         p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.builder == "locomotion-train":  # SAC overrides, refused before JAX starts
+        from cdp_jax.configs import sac  # noqa: PLC0415
+
+        try:
+            args.sac_config = fields.apply_overrides(sac.SACConfig(), args.sac).validate()
+        except ValueError as err:
+            parser.error(f"argument --sac: {err}")
+    return args
 
 
 def _candidate_line(step: int, row: dict, done: int, total: int) -> None:
@@ -144,6 +157,9 @@ def _candidate_line(step: int, row: dict, done: int, total: int) -> None:
 def _main_locomotion(args) -> dict:
     """The locomotion-train / locomotion / locomotion-export / d4rl subcommands; returns the
     summary."""
+    from cdp_jax.data import d4rl  # noqa: PLC0415
+    from cdp_jax.data.builders import locomotion  # noqa: PLC0415
+
     if args.builder == "locomotion-export":
         bars = []  # the record's replay check gets a bar once it starts, after the selection
 
@@ -163,10 +179,7 @@ def _main_locomotion(args) -> dict:
             for bar in bars:
                 bar.close()
     if args.builder == "locomotion-train":
-        from cdp_jax.agents import sac
-        from cdp_jax.agents.common import apply_overrides
-
-        config = apply_overrides(sac.default_config(), args.sac).validate()
+        config = args.sac_config
         with tqdm(total=args.num_steps, unit="step", desc="SAC") as bar:
             summary = locomotion.train_behaviour(
                 args.env, args.policy_dir, args.num_steps, args.seed, config=config,
@@ -193,6 +206,8 @@ def main(argv=None) -> int:
     if args.builder in ("locomotion-train", "locomotion", "locomotion-export", "d4rl"):
         print(json.dumps(_main_locomotion(args), indent=2))
         return 0
+    from cdp_jax.data.builders import fetch, pointmaze, random_policy  # noqa: PLC0415
+
     fetch_build = args.builder == "fetch"
     with tqdm(total=args.num_demos if fetch_build else args.num_steps,
               unit="episode" if fetch_build else "step", desc=f"{args.builder} dataset") as bar:

@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_runner as runner  # noqa: E402
 
 from cdp_jax import cli  # noqa: E402
+from cdp_jax.configs import fields  # noqa: E402
 
 ROOT = runner.ROOT
 STUDIES = ("rl", "il", "sweep", "quirks", "fast", "budget", "seeds")
@@ -242,9 +243,9 @@ def parse_args(argv=None):
                         help="only these cells (names as in runs/paper_study/<study>/)")
     runner.add_run_args(parser, out=str(ROOT / "results" / "paper"), steps=20_000,
                         eval_every=2000, eval_episodes=10)
-    parser.add_argument("--il-steps", type=int, default=IL_STEPS,
+    parser.add_argument("--il-steps", type=fields.positive_int, default=IL_STEPS,
                         help="gradient steps of the il cells (--steps is the offline-RL cells')")
-    parser.add_argument("--budget-steps", type=int, default=BUDGET_STEPS,
+    parser.add_argument("--budget-steps", type=fields.positive_int, default=BUDGET_STEPS,
                         help="gradient steps of the budget cells (the paper's 200k)")
     parser.set_defaults(runs_root=str(ROOT / "runs" / "paper_study"))
     args = runner.parse_run_args(parser, argv)

@@ -33,6 +33,8 @@ from pathlib import Path
 import study_diagnostics
 
 from cdp_jax import files
+from cdp_jax.configs import fields
+from cdp_jax.configs import train as train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SOLVER_STEPS = (5, 15, 50)
@@ -62,7 +64,8 @@ class Cell:
         cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "--agent", self.agent,
                "--dataset", self.dataset, "--contraction-weight", str(self.weight),
                "--seeds", self.seeds or args.seeds, "--steps", str(self.steps or args.steps),
-               "--eval-every", str(self.eval_factor * args.eval_every), "--checkpoint-every", str(args.eval_every),
+               "--eval-every", str(self.eval_factor * args.eval_every),
+               "--checkpoint-every", str(args.eval_every),
                "--eval-episodes", str(args.eval_episodes), "--eval-envs",
                str(min(args.eval_episodes, 10)), "--updates-per-call",
                str(math.gcd(250, args.eval_every)), "--name", self.name, "--run-dir",
@@ -361,12 +364,25 @@ def collect(study: str, cells: list[Cell], args, title: str | None = None) -> Pa
 # ----------------------------------------------------------------------------- run arguments
 
 
+def _seeds_arg(text: str) -> str:
+    """``--seeds`` as train.py takes it (``0-4``, ``0,3,5``), checked here."""
+    import argparse  # noqa: PLC0415
+
+    try:
+        train_config.parse_seeds(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def add_run_args(parser, *, out: str, steps: int, eval_every: int, eval_episodes: int) -> None:
     """The flags every study script shares (seeds, length, evaluation, paths, modes)."""
-    parser.add_argument("--seeds", default="0-4", help="seeds of every cell (train.py --seeds)")
-    parser.add_argument("--steps", type=int, default=steps, help="gradient steps per run")
-    parser.add_argument("--eval-every", type=int, default=eval_every)
-    parser.add_argument("--eval-episodes", type=int, default=eval_episodes,
+    parser.add_argument("--seeds", default="0-4", type=_seeds_arg,
+                        help="seeds of every cell (train.py --seeds)")
+    parser.add_argument("--steps", type=fields.positive_int, default=steps,
+                        help="gradient steps per run")
+    parser.add_argument("--eval-every", type=fields.positive_int, default=eval_every)
+    parser.add_argument("--eval-episodes", type=fields.positive_int, default=eval_episodes,
                         help="per seed and evaluation")
     parser.add_argument("--runs-root", default=str(ROOT / "runs" / "study"))
     parser.add_argument("--out", default=out)

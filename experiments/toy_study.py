@@ -24,14 +24,51 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from tqdm import tqdm
+from cdp_jax import cli
+from cdp_jax.configs import fields, names
 
-from cdp_jax import cli, contraction, contraction_diagnostics, files, samplers, stats, training
-from cdp_jax.agents import common, dbc
-from cdp_jax.data import toy
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=fields.positive_int, default=5)
+    parser.add_argument("--steps", type=fields.positive_int, default=4000,
+                        help="gradient steps per run")
+    parser.add_argument("--num-data", type=fields.positive_int, default=256,
+                        help="dataset size (low-data regime)")
+    parser.add_argument("--batch-size", type=fields.positive_int, default=256)
+    parser.add_argument("--weight", type=fields.nonnegative_float, default=0.1,
+                        help="penalty weight gamma")
+    parser.add_argument("--penalty", default="eigen", choices=sorted(names.PENALTIES))
+    parser.add_argument("--window", type=fields.positive_float, default=1.0,
+                        help="fraction of noise levels penalised")
+    parser.add_argument("--num-obs", type=fields.positive_int, default=16)
+    parser.add_argument("--num-samples", type=fields.positive_int, default=64)
+    parser.add_argument("--out", default="results/toy/toy_study.json")
+    parser.add_argument("--figures", default="docs/figures")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 200 steps, no figures")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.num_obs, args.num_samples = 2, 200, 4, 16
+    if args.steps % min(500, args.steps):
+        parser.error(f"--steps must be a multiple of {min(500, args.steps)}")
+    if args.window > 1:
+        parser.error(f"argument --window: {args.window} is not a fraction in (0, 1]")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and a bad value are answered before JAX starts
+
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from cdp_jax import contraction, contraction_diagnostics, files, samplers, stats, training  # noqa: E402,E501
+from cdp_jax.agents import common, dbc  # noqa: E402
+from cdp_jax.data import toy  # noqa: E402
 
 STEP_GRID = (1, 2, 5, 15, 50)
 
@@ -178,26 +215,8 @@ def make_figures(results: dict, trajectories: dict, fig_dir: Path) -> list[str]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=4000, help="gradient steps per run")
-    parser.add_argument("--num-data", type=int, default=256, help="dataset size (low-data regime)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--weight", type=float, default=0.1, help="penalty weight gamma")
-    parser.add_argument("--penalty", default="eigen", choices=sorted(contraction.PENALTIES))
-    parser.add_argument("--window", type=float, default=1.0, help="fraction of noise levels penalised")
-    parser.add_argument("--num-obs", type=int, default=16)
-    parser.add_argument("--num-samples", type=int, default=64)
-    parser.add_argument("--out", default="results/toy/toy_study.json")
-    parser.add_argument("--figures", default="docs/figures")
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 200 steps, no figures")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.steps, args.num_obs, args.num_samples = 2, 200, 4, 16
+    args = parse_args(argv)
     chunk = min(500, args.steps)
-    if args.steps % chunk:
-        parser.error(f"--steps must be a multiple of {chunk}")
 
     seeds = list(range(args.seeds))
     data = jax.vmap(lambda k: toy.sample_dataset(k, args.num_data))(

@@ -67,13 +67,11 @@ import json
 import sys
 import time
 
-import tqdm
-
-from cdp_jax import cli, evaluation, multi_seed, paper, parallel, run_config, training
-from cdp_jax.agents import CONFIGS, common
-from cdp_jax.data import dataset as dataset_lib
-from cdp_jax.data import minari
-from cdp_jax.data.builders import pointmaze
+# Only JAX-free modules here: --help and a bad value are answered before JAX starts (main()
+# imports the rest once the configuration is valid).
+from cdp_jax import cli, paper
+from cdp_jax.configs import CONFIGS, fields, names
+from cdp_jax.configs import train as train_config
 
 # Local datasets train.py builds by itself when missing: id -> pointmaze maze name.
 BUILDABLE = {"cdp/pointmaze/umaze-v0": "umaze", "cdp/pointmaze/medium-v0": "medium",
@@ -83,19 +81,19 @@ BUILDABLE = {"cdp/pointmaze/umaze-v0": "umaze", "cdp/pointmaze/medium-v0": "medi
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=None, choices=sorted(run_config.PRESETS),
+    parser.add_argument("--preset", default=None, choices=sorted(train_config.PRESETS),
                         help="named configuration the other flags override (default: quickstart; "
                              "paper / paper-il: the official CDP pipeline; with --resume: the "
                              "run's saved config.json)")
-    defaults = run_config.TrainConfig()
-    for field, kind in common.field_types(run_config.TrainConfig).items():
+    defaults = train_config.TrainConfig()
+    for field, kind in fields.field_types(train_config.TrainConfig).items():
         flag = "--" + field.replace("_", "-")
         if field == "resume":
             parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                                 help="continue the run in runs/<name> (or --run-dir) from its "
                                      "latest checkpoint with its saved configuration; other "
                                      "flags override it, but only "
-                                     f"{', '.join(run_config.RESUME_MAY_CHANGE)} may change")
+                                     f"{', '.join(train_config.RESUME_MAY_CHANGE)} may change")
         elif field == "resume_from":
             parser.add_argument("--resume-from", type=str, default=None, metavar="STEP",
                                 help="with --resume (implied): continue from the checkpoint at "
@@ -113,21 +111,21 @@ def parse_args(argv=None):
                                 help=f"TrainConfig.{field} (base {getattr(defaults, field)!r})")
     parser.add_argument("--contraction-weight", type=float, default=None,
                         help="contraction penalty weight gamma (0: the vanilla algorithm)")
-    parser.add_argument("--candidates", type=int, default=None,
+    parser.add_argument("--candidates", type=fields.positive_int, default=None,
                         help="DQL: critic-resampled candidate actions at evaluation (official 100)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override an agent config field, e.g. eta=2 or contraction.window=1")
     parser.add_argument("--seeds", default=None, metavar="SEEDS",
                         help="train several seeds in one program: '0-9' or '0,3,5' (overrides --seed)")
-    parser.add_argument("--parallel", choices=parallel.PARALLEL_MODES, default="none",
+    parser.add_argument("--parallel", choices=names.PARALLEL_MODES, default="none",
                         help="none; data: split each batch over all devices; seeds: split the "
                              "seeds over all devices")
-    parser.add_argument("--device", choices=parallel.DEVICE_KINDS, default="auto",
+    parser.add_argument("--device", choices=names.DEVICE_KINDS, default="auto",
                         help="refuse to run unless JAX's backend is this one (no silent CPU "
                              "fallback)")
     parser.add_argument("--distributed", action="store_true",
                         help="multi-host: jax.distributed.initialize() before anything else")
-    parser.add_argument("--build-steps", type=int, default=200_000,
+    parser.add_argument("--build-steps", type=fields.positive_int, default=200_000,
                         help="environment steps recorded if a local PointMaze dataset is built")
     return parser.parse_args(argv)
 
@@ -139,11 +137,11 @@ def make_configs(args):
     the flags given (:func:`cdp_jax.run_config.resume_configs`).
     """
     overrides = {}
-    for field in common.field_types(run_config.TrainConfig):
+    for field in fields.field_types(train_config.TrainConfig):
         value = getattr(args, field)
         if value is not None:
             overrides[field] = (value if isinstance(value, bool) else
-                                common.parse_field_value(run_config.TrainConfig, field, value))
+                                fields.parse_field_value(train_config.TrainConfig, field, value))
     if overrides.get("resume_from") is not None:
         overrides["resume"] = True
     agent_sets = list(args.set)
@@ -152,22 +150,30 @@ def make_configs(args):
     if args.candidates is not None:
         agent_sets.insert(0, f"num_candidates={args.candidates}")
     preset = args.preset or "quickstart"
-    default_agent = next(k for k in run_config.PRESETS[preset] if k != "train")
+    default_agent = next(k for k in train_config.PRESETS[preset] if k != "train")
     agent = overrides.get("agent", default_agent)
     name = overrides.get("name", preset if agent == default_agent else f"{preset}_{agent}")
     if overrides.get("resume") and args.preset is None:
-        run_dir = run_config.TrainConfig(name=name, run_dir=overrides.get("run_dir")).validate().path
+        run_dir = train_config.TrainConfig(name=name, run_dir=overrides.get("run_dir")).validate().path
         saved_dir = run_dir
         if args.seeds is not None:  # each seed's config.json: the first seed's stands for all
-            saved_dir = run_dir / f"seed_{multi_seed.parse_seeds(args.seeds)[0]}"
-        config, agent_config = run_config.resume_configs(saved_dir, overrides, agent_sets)
+            saved_dir = run_dir / f"seed_{train_config.parse_seeds(args.seeds)[0]}"
+        from cdp_jax.run_config import resume_configs  # noqa: PLC0415 (reads the saved run)
+
+        config, agent_config = resume_configs(saved_dir, overrides, agent_sets)
         return dataclasses.replace(config, run_dir=str(run_dir)).validate(), agent_config
     overrides.pop("agent", None)
-    return run_config.preset(preset, agent, agent_sets, **{"name": name, **overrides})
+    return train_config.preset(preset, agent, agent_sets, **{"name": name, **overrides})
 
 
 def ensure_dataset(dataset_id: str, build_steps: int) -> None:
     """Build a local PointMaze dataset if it is missing (other ids must be downloaded)."""
+    import tqdm  # noqa: PLC0415
+
+    from cdp_jax.data import dataset as dataset_lib  # noqa: PLC0415
+    from cdp_jax.data import minari  # noqa: PLC0415
+    from cdp_jax.data.builders import pointmaze  # noqa: PLC0415
+
     try:
         minari.load(dataset_id, num_episodes=1)
         return
@@ -185,9 +191,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
     config, agent_config = make_configs(args)
-    seeds = multi_seed.parse_seeds(args.seeds) if args.seeds is not None else None
+    seeds = train_config.parse_seeds(args.seeds) if args.seeds is not None else None
     if args.parallel == "seeds" and seeds is None:
         raise ValueError("--parallel seeds needs --seeds (e.g. --seeds 0-3).")
+    # The configuration is valid: now JAX and the library's heavy modules.
+    from cdp_jax import evaluation, multi_seed, parallel, run_config, training  # noqa: PLC0415
+
     try:
         print(parallel.setup(args.device, args.distributed), flush=True)
     except RuntimeError as err:  # asked for an accelerator JAX cannot see: no silent CPU run

@@ -10,10 +10,9 @@ layout it trains on (``"transitions"`` or ``"windows"``).
 """
 
 from cdp_jax.agents import dbc, dql, idql
+from cdp_jax.configs import CONFIGS, DATA  # noqa: F401 (re-exported)
 
 AGENTS = {"dql": dql, "dbc": dbc, "idql": idql}
-CONFIGS = {"dql": dql.DQLConfig, "dbc": dbc.DBCConfig, "idql": idql.IDQLConfig}
-DATA = {"dql": "transitions", "dbc": "windows", "idql": "transitions"}
 
 
 def get_agent(name: str):

@@ -18,7 +18,6 @@ Shapes: ``observations (B, obs_horizon, obs_dim)``, ``actions (B, action_horizon
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -26,15 +25,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cdp_jax import chunk_networks, contraction, diffusion, networks, samplers, schedules
+from cdp_jax import chunk_networks, diffusion, networks, samplers, schedules
 from cdp_jax.agents.common import (
     bc_loss_from_draws,
-    check_choice,
-    check_positive,
     ema_update,
     make_optimizer,
     make_schedule,
 )
+from cdp_jax.configs.dbc import DBCConfig, default_config  # noqa: F401 (re-exported)
 
 
 class DBCState(struct.PyTreeNode):
@@ -139,74 +137,3 @@ def act(state: DBCState, obs: jax.Array, key: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- configuration
 
 
-@dataclasses.dataclass(frozen=True)
-class DBCConfig:
-    """Hyperparameters.
-
-    Defaults: a 512-wide residual MLP, x0-prediction, T = 50 and 50 DPM-Solver++(2M) steps with x0
-    clipped to [-1, 1], EMA every step, with cdp_jax's schedule, grid and time embedding. The
-    official IL pipeline (the Pearce backbone, CleanDiffuser's schedule and grid, no clipping while
-    sampling, AdamW weight decay 0.01, the exact penalty on every noise level of the BC draw) is
-    ``experiments/train.py --preset paper-il``; docs/PARITY.md lists each field.
-    """
-
-    obs_horizon: int = 2
-    action_horizon: int = 1
-    n_action: int = 1  # actions executed per sampled chunk (receding horizon)
-    actor_network: str = "lnresnet"
-    hidden_dim: int = 512
-    depth: int = 3
-    # LN-ResNet block widening: 1 = a residual MLP of width 512, the official IL backbone's size
-    # (IDQL's 4 makes a lift step ~4x the FLOPs: 19.8 vs ~5 GFLOP at batch 512).
-    expansion: int = 1
-    time_dim: int = 128
-    activation: str = "gelu"
-    time_embedding: str = "sinusoidal"  # networks.TIME_EMBEDDINGS; official: positional_integer_t
-    param_init: str = "flax"  # networks.INITS; official: "torch"
-    schedule: str = "cosine"
-    schedule_discretization: str = "ddpm"  # official: "cleandiffuser"
-    diffusion_steps: int = 50
-    prediction: str = "x0"
-    sampler: str = "dpm_solver_pp_2m"
-    sampler_steps: int = 50
-    sampler_spacing: str = "uniform"  # official: "cleandiffuser"
-    sampler_clip_x0: bool = True  # clip x0_hat at every sampler step (official IL: False)
-    noise_temperature: float = 1.0
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    lr_decay_steps: int | None = None
-    max_grad_norm: float | None = None
-    ema_decay: float = 0.995
-    ema_start: int = 0
-    contraction: contraction.ContractionConfig = contraction.ContractionConfig()
-
-    def validate(self) -> DBCConfig:
-        check_choice("actor_network", self.actor_network, ACTOR_NETWORKS)
-        check_choice("activation", self.activation, tuple(networks.ACTIVATIONS))
-        check_choice("time_embedding", self.time_embedding, tuple(networks.TIME_EMBEDDINGS))
-        check_choice("param_init", self.param_init, networks.INITS)
-        check_choice("schedule", self.schedule, ("cosine", "linear"))
-        check_choice("schedule_discretization", self.schedule_discretization,
-                     schedules.DISCRETIZATIONS)
-        check_choice("sampler_spacing", self.sampler_spacing, schedules.SPACINGS)
-        check_choice("prediction", self.prediction, diffusion.PREDICTIONS)
-        check_choice("sampler", self.sampler, tuple(samplers.SAMPLERS))
-        for name in ("obs_horizon", "action_horizon", "n_action", "hidden_dim", "depth", "expansion",
-                     "time_dim", "diffusion_steps", "sampler_steps", "lr"):
-            check_positive(name, getattr(self, name))
-        for name in ("weight_decay", "ema_decay", "ema_start", "noise_temperature"):
-            check_positive(name, getattr(self, name), allow_zero=True)
-        if self.n_action > self.action_horizon:
-            raise ValueError(f"n_action={self.n_action} exceeds action_horizon="
-                             f"{self.action_horizon}: cannot execute more actions than predicted.")
-        if self.sampler_steps > self.diffusion_steps:
-            raise ValueError(f"sampler_steps={self.sampler_steps} exceeds diffusion_steps="
-                             f"{self.diffusion_steps}.")
-        if self.contraction.weight < 0:
-            raise ValueError(f"contraction.weight must be >= 0, got {self.contraction.weight}.")
-        return self
-
-
-def default_config(**overrides) -> DBCConfig:
-    """The default IL setting with ``overrides`` applied and validated."""
-    return dataclasses.replace(DBCConfig(), **overrides).validate()

@@ -18,7 +18,6 @@ Shapes: observations ``(B, obs_dim)``, actions ``(B, action_dim)`` in ``[-1, 1]`
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -26,15 +25,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from cdp_jax import contraction, diffusion, networks, samplers
+from cdp_jax import networks, samplers
 from cdp_jax.agents.common import (
     bc_loss_with_contraction,
-    check_choice,
-    check_positive,
     ema_update,
     make_optimizer,
     make_schedule,
 )
+from cdp_jax.configs.idql import IDQLConfig, default_config  # noqa: F401 (re-exported)
 
 
 class IDQLState(struct.PyTreeNode):
@@ -177,55 +175,3 @@ def act(state: IDQLState, obs: jax.Array, key: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- configuration
 
 
-@dataclasses.dataclass(frozen=True)
-class IDQLConfig:
-    """Hyperparameters (IDQL's defaults where they apply; the DQL actor and schedule of CDP)."""
-
-    actor_network: str = "lnresnet"
-    actor_hidden_dim: int = 256
-    actor_depth: int = 3
-    time_dim: int = 64
-    schedule: str = "cosine"
-    diffusion_steps: int = 50
-    prediction: str = "x0"
-    sampler: str = "dpm_solver_pp_2m"
-    sampler_steps: int = 15
-    critic_hidden_dim: int = 256
-    critic_depth: int = 2
-    expectile: float = 0.7
-    discount: float = 0.99
-    tau: float = 0.005
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    weight_decay: float = 0.0
-    lr_decay_steps: int | None = None
-    ema_decay: float = 0.995
-    ema_start: int = 1000
-    contraction: contraction.ContractionConfig = contraction.ContractionConfig()
-    num_candidates: int = 32
-    candidate_temperature: float = 10.0
-    noise_temperature: float = 1.0
-
-    def validate(self) -> IDQLConfig:
-        check_choice("actor_network", self.actor_network, tuple(networks.ACTORS))
-        check_choice("schedule", self.schedule, ("cosine", "linear"))
-        check_choice("prediction", self.prediction, diffusion.PREDICTIONS)
-        check_choice("sampler", self.sampler, tuple(samplers.SAMPLERS))
-        for name in ("actor_hidden_dim", "actor_depth", "time_dim", "diffusion_steps",
-                     "sampler_steps", "critic_hidden_dim", "critic_depth", "num_candidates",
-                     "actor_lr", "critic_lr"):
-            check_positive(name, getattr(self, name))
-        for name in ("weight_decay", "ema_start", "tau", "discount", "ema_decay",
-                     "candidate_temperature", "noise_temperature"):
-            check_positive(name, getattr(self, name), allow_zero=True)
-        if not 0.0 < self.expectile < 1.0:
-            raise ValueError(f"Invalid expectile={self.expectile}; must be in (0, 1).")
-        if self.sampler_steps > self.diffusion_steps:
-            raise ValueError(f"sampler_steps={self.sampler_steps} exceeds diffusion_steps="
-                             f"{self.diffusion_steps}.")
-        return self
-
-
-def default_config(**overrides) -> IDQLConfig:
-    """IDQL defaults with ``overrides`` applied and validated."""
-    return dataclasses.replace(IDQLConfig(), **overrides).validate()

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NORMALIZER_KINDS = ("gaussian", "minmax")
+from cdp_jax.configs.names import NORMALIZER_KINDS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

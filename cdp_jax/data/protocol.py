@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cdp_jax.configs.names import FRACTION_UNITS, REWARD_NORMALIZATIONS  # noqa: F401 (re-exported)
 from cdp_jax.data.dataset import OfflineDataset
 
-REWARD_NORMALIZATIONS = ("none", "returns_range", "minus_one")
-FRACTION_UNITS = ("episodes", "transitions")
 # The scale returns_range maps the episode-return range onto (CleanDiffuser: max episode steps).
 RETURNS_RANGE_SCALE = 1000.0
 
