@@ -55,18 +55,24 @@ def make_train_chunk(agent, num_updates: int, batch_size: int, batch_sharding=No
     Batches are drawn on device from ``arrays`` (rows ``(N, ...)``) as ``(K, B, ...)``, uniformly
     among the first ``num_rows`` rows (default ``N``; a traced count lets seeds with datasets of
     different sizes share one padded, static shape); ``metrics`` is a dict of ``(K,)`` arrays.
+    Gradient step ``n`` (``state.step``) draws its batch and its update key from
+    ``fold_in(key, n)``: with the same ``key`` for every chunk (as :func:`train` passes the run's
+    key), the updates do not depend on how they are grouped into chunks, so ``updates_per_call``
+    changes the speed only.
     ``batch_sharding`` (e.g. :func:`cdp_jax.parallel.batch_axis`) splits the batches over a mesh
     (data parallelism). Not jitted here: wrap in ``jax.jit`` (and ``jax.vmap`` with
     ``in_axes=(0, None, 0)`` to train a batch of seeds, or see :func:`make_seeds_chunk`).
     """
 
     def train_chunk(state, arrays, key, num_rows=None):
-        key_batches, key_updates = jax.random.split(key)
         num_rows = buffer.num_rows(arrays) if num_rows is None else num_rows
-        idx = jax.random.randint(key_batches, (num_updates, batch_size), 0, num_rows)
+        steps = state.step + jnp.arange(num_updates, dtype=jnp.int32)
+        step_keys = jax.vmap(lambda n: jax.random.split(jax.random.fold_in(key, n)))(steps)
+        idx = jax.vmap(lambda k: jax.random.randint(k, (batch_size,), 0, num_rows))(
+            step_keys[:, 0])
         batches = jax.tree.map(lambda a: jnp.take(a, idx, axis=0), arrays)
         batches = parallel.constrain(batches, batch_sharding)
-        keys = jax.random.split(key_updates, num_updates)
+        keys = step_keys[:, 1]
 
         def step(state, inputs):
             batch, step_key = inputs
@@ -83,16 +89,15 @@ def make_seeds_chunk(agent, num_updates: int, batch_size: int, per_seed_data: bo
     """``(states, arrays, num_rows, keys) -> (states, keys, metrics)`` for a batch of seeds.
 
     ``vmap`` of :func:`make_train_chunk` over the seed axis of the states and of the training
-    keys ``(S, 2)``; each seed splits its key exactly as :func:`train` does on the host, so seed
-    ``s`` draws the batches and noise of a single-seed run. With ``per_seed_data`` the arrays are
+    keys ``(S, 2)``; each seed's key is used as :func:`train` uses a single run's (returned
+    unchanged), so seed ``s`` draws the batches and noise of a single-seed run. With ``per_seed_data`` the arrays are
     ``(S, N_max, ...)`` with ``num_rows (S,)`` valid rows each; otherwise one ``(N, ...)`` set and
     a scalar ``num_rows`` are shared. ``metrics`` are ``(S, K)``. Not jitted here.
     """
     chunk = make_train_chunk(agent, num_updates, batch_size, batch_sharding)
 
     def one_seed(state, arrays, num_rows, key):
-        key, key_chunk = jax.random.split(key)
-        state, metrics = chunk(state, arrays, key_chunk, num_rows)
+        state, metrics = chunk(state, arrays, key, num_rows)
         return state, key, metrics
 
     data_axis = 0 if per_seed_data else None
@@ -302,8 +307,7 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
             if k not in chunks:
                 chunks[k] = jax.jit(make_train_chunk(agent, k, config.batch_size, batch_sharding),
                                     **jit_kwargs)
-            key_train, key_chunk = jax.random.split(key_train)
-            new_state, metrics = call_chunk(chunks[k], (state, arrays, key_chunk), config)
+            new_state, metrics = call_chunk(chunks[k], (state, arrays, key_train), config)
             _check_finite(metrics, step, ckpt)
             state, step = new_state, step + k
             logger.log_train(step, {name: np.mean(v) for name, v in metrics.items()})

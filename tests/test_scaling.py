@@ -139,11 +139,10 @@ def test_vmapped_seeds_equal_single_runs_without_host_transfers(name):
 
     single_chunk = jax.jit(training.make_train_chunk(agent, steps, batch))
     for i, seed in enumerate((0, 1)):
-        # what train() does: split the seed's key on the host, sample from its unpadded rows
-        key_train, key_chunk = jax.random.split(keys[i, 1])
+        # what train() does: the run's key for every chunk, sampling from its unpadded rows
         state = agent.init(keys[i, 0], config, 3, 2)
-        single, single_metrics = single_chunk(state, parallel.put(per_seed[i], None), key_chunk)
-        np.testing.assert_array_equal(key_train, new_keys[i])
+        single, single_metrics = single_chunk(state, parallel.put(per_seed[i], None), keys[i, 1])
+        np.testing.assert_array_equal(keys[i, 1], new_keys[i])
         assert_trees_close(single, jax.tree.map(lambda x, i=i: x[i], batched), **TOL)
         assert_trees_close(single_metrics, jax.tree.map(lambda x, i=i: x[i], metrics), **TOL)
         assert int(single.step) == steps, seed

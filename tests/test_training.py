@@ -333,3 +333,28 @@ def _evaluations(path):
     """``eval.json``'s evaluations without their wall-clock ``timing``."""
     return [{k: v for k, v in e.items() if k != "timing"}
             for e in json.loads(path.read_text())["evaluations"]]
+
+
+def test_updates_per_call_changes_only_the_speed():
+    """The same 6 updates as one chunk of 6, as 3 chunks of 2 and as 2 + 4 give the same
+    parameters and metrics (every step draws from fold_in(run key, step)), so a preset's K
+    can be fitted to the user's cadence without changing the results."""
+    agent_config = dbc.default_config(hidden_dim=16, depth=1, time_dim=8, diffusion_steps=5,
+                                      sampler_steps=2, obs_horizon=1, action_horizon=1)
+    arrays = {"observations": jax.random.normal(jax.random.PRNGKey(1), (40, 1, 3)),
+              "actions": jnp.tanh(jax.random.normal(jax.random.PRNGKey(2), (40, 1, 2)))}
+    key = jax.random.PRNGKey(7)
+    init = dbc.init(jax.random.PRNGKey(0), agent_config, 3, 2)
+    runs = {}
+    for split in ((6,), (2, 2, 2), (2, 4)):
+        state, losses = init, []
+        for k in split:
+            state, metrics = jax.jit(training.make_train_chunk(dbc, k, 8))(state, arrays, key)
+            losses.append(metrics["actor/loss"])
+        runs[split] = (state, jnp.concatenate(losses))
+    reference = runs[(6,)]
+    for split, (state, losses) in runs.items():
+        assert int(state.step) == 6
+        np.testing.assert_array_equal(losses, reference[1], err_msg=str(split))
+        for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference[0]), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=str(split))
