@@ -54,10 +54,8 @@ def test_name_lists_are_their_registries_keys():
 
 
 def test_the_agents_and_the_library_use_the_same_config_classes():
-    from cdp_jax import contraction, run_config
+    from cdp_jax import configs, contraction, run_config
     from cdp_jax.agents import CONFIGS, dbc, dql, idql
-
-    from cdp_jax import configs
 
     assert CONFIGS == configs.CONFIGS
     assert (dql.DQLConfig, dbc.DBCConfig, idql.IDQLConfig) == (

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdp_jax import diffusion, networks, paper, run_config, samplers, schedules
+from cdp_jax import diffusion, estimators, networks, paper, run_config, samplers, schedules
 from cdp_jax.agents import dql
 from cdp_jax.data import protocol
 from cdp_jax.data.dataset import OfflineDataset
@@ -273,7 +273,7 @@ def test_exact_frobenius_batch_matches_per_sample_reference(x64, target, chunked
     from cdp_jax import contraction
 
     if chunked:  # 12 samples x d = 4 x width 16 floats: chunks of 3 samples
-        monkeypatch.setattr(contraction, "EXACT_CHUNK_FLOATS", 3 * 4 * 16)
+        monkeypatch.setattr(estimators, "EXACT_CHUNK_FLOATS", 3 * 4 * 16)
 
     schedule = schedules.cosine(10, discretization="cleandiffuser")
     actor = networks.DQLActor(hidden_dim=16, time_dim=8)
@@ -294,8 +294,8 @@ def test_exact_frobenius_batch_matches_per_sample_reference(x64, target, chunked
     in_window = np.asarray((t + 1) / 10 <= 0.3 + 1e-6)
     assert int(metrics["contraction/num_penalised"]) == in_window.sum() == 5  # levels 0,1,2,0,1
     np.testing.assert_allclose(loss, 2.0 * np.mean(np.asarray(ref)[in_window]), rtol=1e-12)
-    width = contraction._widest_activation(lambda y: den(y, t, cond), x)
-    assert width == 16 and contraction._chunk_size(12, 4 * width) == (3 if chunked else 12)
+    width = estimators._widest_activation(lambda y: den(y, t, cond), x)
+    assert width == 16 and estimators._chunk_size(12, 4 * width) == (3 if chunked else 12)
 
     def penalty_of(p, exact_reference):
         den_p = lambda xx, tt, cc: actor.apply(p, xx, tt, cc)
