@@ -167,8 +167,14 @@ def test_wrong_observation_key(built):
     assert custom.obs_keys == ("desired_goal", "observation") and custom.obs_dim == 6
 
 
-@pytest.mark.parametrize("damage", ["truncate_hdf5", "garbage_hdf5", "garbage_metadata"])
-def test_corrupt_dataset(minari_root, built, damage):
+@pytest.mark.parametrize("damage, shown", [
+    ("truncate_hdf5", "data/main_data.hdf5 is truncated ("),
+    ("garbage_hdf5", "data/main_data.hdf5 is not an HDF5 file."),
+    ("garbage_metadata", "data/metadata.json is not JSON (Expecting property name enclosed in "
+                         "double quotes at line 1, column 3)."),
+])
+def test_corrupt_dataset(minari_root, built, damage, shown):
+    """More damages, and the command each message gives: tests/test_data_errors.py."""
     damaged_id = f"cdp/test/damaged-{damage.replace('_', '-')}-v0"
     target = minari_root / damaged_id
     shutil.copytree(minari_root / DATASET_ID, target)
@@ -182,8 +188,8 @@ def test_corrupt_dataset(minari_root, built, damage):
         (data_dir / "metadata.json").write_text("{ truncated")
     with pytest.raises(dm.DatasetCorruptError) as info:
         dm.load(damaged_id)
-    assert f"Minari dataset {damaged_id!r}" in str(info.value)
-    assert "is unreadable (corrupt or truncated file" in str(info.value)
+    assert f"Minari dataset {damaged_id!r} at {target} is damaged: {shown}" in str(info.value)
+    assert info.value.path == target / shown.split(" ")[0]
 
 
 def test_interrupted_build_leaves_nothing(minari_root, built, monkeypatch):

@@ -87,9 +87,15 @@ def test_local_ids_follow_the_builders():
     assert tuple(dataset_ids.LOCOMOTION_KINDS) == tuple(locomotion.KINDS)
     assert dataset_ids.local_build_command("cdp/pointmaze/umaze-dense-v0") == (
         "python experiments/make_dataset.py pointmaze --maze umaze --reward-type dense")
-    assert dataset_ids.local_build_command("cdp/hopper/medium-replay-v1").endswith(
-        "--kind medium-replay --policy-dir runs/behaviour/hopper "
-        "--dataset-id cdp/hopper/medium-replay-v1")
+    assert dataset_ids.local_build_command("cdp/walker2d/medium-replay-v1").endswith(
+        "--kind medium-replay --policy-dir runs/behaviour/walker2d "
+        "--dataset-id cdp/walker2d/medium-replay-v1")
+    # Hopper's policies are in git: its datasets build from them, with no SAC run.
+    shipped = {p.parent.name for p in (ROOT / "results" / "behaviour").glob("*/policies.json")}
+    assert set(dataset_ids.SHIPPED_POLICIES) == shipped
+    assert dataset_ids.local_build_command("cdp/hopper/medium-replay-v0") == (
+        "python experiments/make_dataset.py locomotion --env hopper --kind medium-replay "
+        "--policies results/behaviour/hopper")
     assert dataset_ids.local_build_command("D4RL/pointmaze/umaze-v2") is None
 
 
@@ -98,7 +104,8 @@ def test_local_ids_follow_the_builders():
                                  "`minari download mujoco/hopper/medium-v0`", "not D4RL's"]),
     ("mujoco/hopper/medium-replay-v0", [
         "neither built by this project nor among the Minari ids checked on 2026-12-05",
-        "`minari list remote`", "known ids like it: cdp/hopper/medium-replay-v0"]),
+        "`minari list remote`",
+        "  nearest ids that exist or can be built:\n    cdp/hopper/medium-replay-v0  build: "]),
     ("cdp/d4rl/hopper-medium-replay-v2", [
         "make_dataset.py d4rl --file <the D4RL .hdf5 file of hopper-medium-replay-v2>",
         "Getting the paper's own data"]),
@@ -128,3 +135,18 @@ def test_paper_preset_says_when_the_data_is_not_d4rls(minari_root, tmp_path, cap
     out = capsys.readouterr().out
     assert code == cli.EXIT_USER_ERROR
     assert f"note: {note}" in out.splitlines()
+
+
+def test_nearest_ids():
+    nearest = dataset_ids.nearest_ids
+    # The same name in another version first, then by similarity; case is ignored.
+    assert nearest("D4RL/pointmaze/umaze-v3")[:2] == ["D4RL/pointmaze/umaze-v2",
+                                                      "D4RL/antmaze/umaze-v1"]
+    assert nearest("d4rl/kitchen/mixed-v2")[0] == "D4RL/kitchen/mixed-v2"
+    # Ids built here count, and a bare word finds the ids holding it.
+    assert nearest("my/umaze-v0", local=["my/umaze-v1"])[0] == "my/umaze-v1"
+    assert set(nearest("walker2d", n=100)) == {
+        *(f"mujoco/walker2d/{k}-v0" for k in ("simple", "medium", "expert")),
+        *(f"cdp/walker2d/{k}-v0" for k in dataset_ids.LOCOMOTION_KINDS)}
+    assert nearest("zzzz/qqqq-v0") == []
+    assert "cdp/pointmaze/umaze-v0" not in nearest("cdp/pointmaze/umaze-v0")  # not itself

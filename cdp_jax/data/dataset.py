@@ -42,7 +42,15 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class DatasetCorruptError(OSError):
-    """The dataset exists but its files cannot be read (truncated, corrupt, half-copied)."""
+    """The dataset exists but its files cannot be read (truncated, corrupt, half-copied).
+
+    Attributes: ``path``, the damaged file or folder as it is on disk (None when the reader could
+    not tell which).
+    """
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = path
 
 
 class DatasetValueError(ValueError):

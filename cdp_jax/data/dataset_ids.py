@@ -1,10 +1,12 @@
 """Which dataset ids exist: the Minari server's (checked by hand, with where and when) and the ones
 this project builds (``experiments/make_dataset.py``).
 
-This machine-independent list is what the "dataset not found" errors, the ``--preset paper``
-provenance note and the documentation test (every id the README, ``docs/`` and the scripts'
-``--help`` show is here or built here) read. It holds the Minari families the project names or maps
-to a paper task row, not the whole server: ``minari list remote`` shows what the server holds now.
+This machine-independent list is what the "dataset not found" errors (with the nearest ids that
+exist, :func:`nearest_ids`), the damaged-dataset errors (the command that rebuilds one,
+:func:`how_to_rebuild`), the ``--preset paper`` provenance note and the documentation test (every
+id the README, ``docs/`` and the scripts' ``--help`` show is here or built here) read. It holds the
+Minari families the project names or maps to a paper task row, not the whole server: ``minari list
+remote`` shows what the server holds now.
 
 How each family was checked (:data:`CHECKED_ON`; no Minari server query was possible from the
 development machine, so from Minari's published pages and its generation scripts):
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 
 CHECKED_ON = "2026-12-05"
@@ -93,6 +96,9 @@ POINTMAZE_MAZES = _MAZES
 FETCH_TASKS = ("push", "pickandplace")
 LOCOMOTION_ENVS = _LOCOMOTION
 LOCOMOTION_KINDS = ("medium", "medium-replay", "expert", "medium-expert")
+# Envs whose behaviour policies (and training record) are in git, under results/behaviour/<env>/:
+# their four datasets build from those files, with no SAC run (docs/DATASETS.md).
+SHIPPED_POLICIES = ("hopper",)
 
 
 def _with_id(command: str, dataset_id: str, default_id: str) -> str:
@@ -116,6 +122,9 @@ def local_build_command(dataset_id: str) -> str | None:
     envs, kinds = "|".join(LOCOMOTION_ENVS), "|".join(LOCOMOTION_KINDS)
     if m := re.fullmatch(rf"cdp/({envs})/({kinds})-v\d+", dataset_id):
         env, kind = m[1], m[2]
+        if env in SHIPPED_POLICIES:
+            return _with_id(f"{_MAKE} locomotion --env {env} --kind {kind} --policies "
+                            f"results/behaviour/{env}", dataset_id, f"cdp/{env}/{kind}-v0")
         build = _with_id(f"{_MAKE} locomotion --env {env} --kind {kind} --policy-dir "
                          f"runs/behaviour/{env}", dataset_id, f"cdp/{env}/{kind}-v0")
         return (f"{_MAKE} locomotion-train --env {env} --policy-dir runs/behaviour/{env}` "
@@ -138,36 +147,123 @@ def known(dataset_id: str) -> bool:
     return dataset_id in REMOTE_IDS or local_build_command(dataset_id) is not None
 
 
-def similar_ids(dataset_id: str, n: int = 3) -> list[str]:
-    """Known ids (remote, and the local builders' defaults) that look like ``dataset_id``."""
-    local = ([f"cdp/pointmaze/{m}-v0" for m in POINTMAZE_MAZES]
-             + [f"cdp/fetch/{t}-v0" for t in FETCH_TASKS]
-             + [f"cdp/{e}/{k}-v0" for e in LOCOMOTION_ENVS for k in LOCOMOTION_KINDS])
-    return difflib.get_close_matches(dataset_id, [*REMOTE_IDS, *local], n=n, cutoff=0.6)
+def buildable_ids() -> list[str]:
+    """The ids this project's builders make by default (``random`` and ``d4rl`` take any env or
+    file, so they have no list)."""
+    return ([f"cdp/pointmaze/{m}{d}-v0" for m in POINTMAZE_MAZES for d in ("", "-dense")]
+            + [f"cdp/fetch/{t}-v0" for t in FETCH_TASKS]
+            + [f"cdp/{e}/{k}-v0" for e in LOCOMOTION_ENVS for k in LOCOMOTION_KINDS])
 
 
-def how_to_get(dataset_id: str) -> str:
+def local_ids(root) -> list[str]:
+    """The ids of the datasets under a Minari root: each folder (hidden ones and build scratch
+    ``.cdp-build-*`` aside) that holds a ``data/`` folder, as Minari's ``list_local_datasets``
+    recognises them, sorted."""
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        if "data" in subfolders:
+            found.append(os.path.relpath(folder, root).replace(os.sep, "/"))
+            subfolders.clear()  # a dataset holds no other dataset
+        else:
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+    return sorted(i for i in found if i != ".")
+
+
+def _words(dataset_id: str) -> set[str]:
+    return set(re.split(r"[/_-]+", re.sub(r"-v\d+$", "", dataset_id.lower()))) - {""}
+
+
+def nearest_ids(dataset_id: str, local=(), n: int | None = 4) -> list[str]:
+    """Existing ids nearest ``dataset_id``: among ``local`` (built or downloaded here, see
+    :func:`local_ids`), the checked remote ids and :func:`buildable_ids`.
+
+    An id with the same name in another version comes first (``D4RL/pointmaze/umaze-v3`` ->
+    ``-v2``), then by ``difflib`` similarity (at least 0.6) or, for a bare word such as
+    ``hopper``, ids holding every word of it; case is ignored. At most ``n`` (None: all).
+    """
+    query = dataset_id.lower()
+    unversioned, words = re.sub(r"-v\d+$", "", query), _words(dataset_id)
+
+    def rank(candidate: str) -> tuple[bool, float]:
+        low = candidate.lower()
+        return (re.sub(r"-v\d+$", "", low) == unversioned,
+                difflib.SequenceMatcher(None, query, low).ratio())
+
+    candidates = dict.fromkeys([*local, *REMOTE_IDS, *buildable_ids()])
+    candidates.pop(dataset_id, None)
+    near = [c for c in candidates
+            if rank(c)[0] or rank(c)[1] >= 0.6 or (words and words <= _words(c))]
+    return sorted(near, key=rank, reverse=True)[:n]
+
+
+def where_to_get(dataset_id: str, local=()) -> str:
+    """How to get an existing id, in a few words: here already, ``minari download`` or a build."""
+    if dataset_id in local:
+        return "here already"
+    if dataset_id in REMOTE_IDS:
+        return f"download: `minari download {dataset_id}`"
+    command = local_build_command(dataset_id)
+    return f"build: `{command}`" if command else "unknown"
+
+
+def well_formed(dataset_id: str) -> bool:
+    """Whether ``dataset_id`` is shaped like a versioned Minari id, ``[namespace/]name-v<N>``."""
+    return re.fullmatch(r"(?:[\w-]+/)*[\w-]+?-v\d+", dataset_id) is not None
+
+
+def how_to_get(dataset_id: str, local=()) -> str:
     """Lines for a "dataset not found" error: does the id exist remotely at all, and how to get it
-    (``minari download``) or build it."""
+    (``minari download``) or build it; for an id neither remote nor built here, the nearest ids
+    that exist (``local``: the ids under the datasets root, :func:`local_ids`) and how to get
+    each."""
+    # Lines end in "." or ";": the command line joins them into one (cdp_jax.cli).
+    command = local_build_command(dataset_id)
+    family = remote_family(dataset_id)
+    if command is not None or family is not None:
+        if command is not None:
+            lines = [f"  it is built by this project: run `{command}`."]
+            if dataset_id.startswith("cdp/d4rl/"):
+                lines.append("  the D4RL files: docs/DATASETS.md, \"Getting the paper's own data\".")
+        else:
+            lines = [f"  it exists on Minari's server (checked {CHECKED_ON}): run "
+                     f"`minari download {dataset_id}`.", f"  its data: {family.data}."]
+        here = [i for i in nearest_ids(dataset_id, local, n=None) if i in local][:3]
+        if here:
+            lines.append(f"  here already: {', '.join(here)}.")
+        return "\n".join(lines)
+    if well_formed(dataset_id):
+        lines = [f"  {dataset_id!r} is neither built by this project nor among the Minari ids "
+                 f"checked on {CHECKED_ON} (cdp_jax.data.dataset_ids);",
+                 f"  `minari list remote` shows what the server holds now, `minari download "
+                 f"{dataset_id}` gets it if it is there."]
+    else:
+        lines = [f"  {dataset_id!r} is not a dataset id: ids are namespace/name-v<version>, e.g. "
+                 "cdp/pointmaze/umaze-v0 or D4RL/pointmaze/umaze-v2."]
+    nearest = nearest_ids(dataset_id, local)
+    if nearest:
+        width = max(map(len, nearest))
+        lines.append("  nearest ids that exist or can be built:")
+        lines += [f"    {i:<{width}}  {where_to_get(i, local)}{';' if k < len(nearest) - 1 else '.'}"
+                  for k, i in enumerate(nearest)]
+    lines.append("  `python experiments/make_dataset.py --help` lists every builder.")
+    return "\n".join(lines)
+
+
+def how_to_rebuild(dataset_id: str) -> str:
+    """What to run to replace a damaged dataset with a good one: its build command with
+    ``--overwrite`` (this project's ids), ``minari download --force`` (the checked remote ids), or
+    for other ids the way it was made."""
     command = local_build_command(dataset_id)
     if command is not None:
-        where = ("\n  the D4RL files: docs/DATASETS.md, \"Getting the paper's own data\""
-                 if dataset_id.startswith("cdp/d4rl/") else "")
-        return f"  it is built by this project: run `{command}`{where}"
-    family = remote_family(dataset_id)
-    if family is not None:
-        return (f"  it exists on Minari's server (checked {CHECKED_ON}): run "
-                f"`minari download {dataset_id}`\n  its data: {family.data}")
-    lines = [f"  {dataset_id!r} is neither built by this project nor among the Minari ids checked "
-             f"on {CHECKED_ON} (cdp_jax.data.dataset_ids); `minari list remote` shows what the "
-             f"server holds now, `minari download {dataset_id}` gets it if it is there"]
-    similar = similar_ids(dataset_id)
-    if similar:
-        lines.append(f"  known ids like it: {', '.join(similar)}")
-    lines.append(f"  or build a local dataset: `{local_build_command('cdp/pointmaze/umaze-v0')}` "
-                 "(id cdp/pointmaze/umaze-v0); `python experiments/make_dataset.py --help` lists "
-                 "every builder")
-    return "\n".join(lines)
+        return f"Rebuild it: `{command} --overwrite`."
+    if dataset_id in REMOTE_IDS:
+        return f"Download it again: `minari download --force {dataset_id}`."
+    if dataset_id.startswith("cdp/"):
+        return ("Delete that directory and get it again with the command that built it, "
+                f"`python experiments/make_dataset.py ... --dataset-id {dataset_id}` (or add "
+                "--overwrite to that command instead of deleting).")
+    return ("Delete that directory and get it again the way it was made (`minari download "
+            f"--force {dataset_id}` if it is on Minari's server).")
 
 
 def d4rl_provenance(dataset_id: str) -> str | None:

@@ -7,10 +7,14 @@ the same order flattens a (vector) environment's observations at evaluation time
 :func:`flatten_observation`.
 
 A missing dataset raises :class:`DatasetNotFoundError` saying whether the id exists on Minari's
-server at all (:mod:`cdp_jax.data.dataset_ids`) and the command that downloads or builds it; an
-unreadable one raises :class:`DatasetCorruptError` naming the path to delete; neither surfaces an
-h5py traceback. A readable one holding NaN / inf values raises :class:`DatasetValueError` naming the
-array, the episode and the step.
+server at all (:mod:`cdp_jax.data.dataset_ids`) and the command that downloads or builds it, or, for
+an id that is neither, the nearest ids that exist (built here, on the server, or buildable) and how
+to get each. A damaged one raises :class:`DatasetCorruptError` naming the damaged file as it is on
+disk (``data/metadata.json``, ``data/main_data.hdf5``, the ``data/`` folder itself), what is wrong
+with it (missing, not JSON, a key missing, truncated, not HDF5, an episode or array missing or cut)
+and the command that rebuilds or downloads it again; neither surfaces an h5py traceback. A readable
+one holding NaN / inf values raises :class:`DatasetValueError` naming the array, the episode and the
+step.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -70,10 +75,10 @@ def _not_found_message(dataset_id: str) -> str:
         f"Minari dataset {dataset_id!r} not found at {dataset_path(dataset_id)} "
         f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '<unset>')})."
     )
-    how = dataset_ids.how_to_get(dataset_id)
+    how = dataset_ids.how_to_get(dataset_id, dataset_ids.local_ids(dataset_path("")))
     if dataset_ids.remote_family(dataset_id) is not None:
         how += ("\n  or train on a dataset built here instead: "
-                "`python experiments/make_dataset.py --help`")
+                "`python experiments/make_dataset.py --help`.")
     return f"{where}\n{how}"
 
 
@@ -83,32 +88,145 @@ def _open(dataset_id: str):
 
     if not isinstance(dataset_id, str) or not dataset_id:
         raise ValueError(f"dataset_id must be a non-empty string, got {dataset_id!r}")
-    if not os.path.isdir(os.path.join(dataset_path(dataset_id), "data")):
-        raise DatasetNotFoundError(_not_found_message(dataset_id))
+    folder = dataset_path(dataset_id)
+    if not os.path.isdir(folder / "data"):
+        # A dataset's folder without its data/ (deleted, half copied) is damaged, not missing: a
+        # build refuses to write over it without --overwrite. A namespace folder is not one.
+        if (not folder.exists() or not dataset_ids.well_formed(dataset_id)
+                or dataset_ids.local_ids(folder)):
+            raise DatasetNotFoundError(_not_found_message(dataset_id))
+        raise _damaged(dataset_id, FileNotFoundError(f"no data/ folder in {folder}"))
     try:
         return minari.load_dataset(dataset_id)
     except FileNotFoundError as e:
         raise DatasetNotFoundError(_not_found_message(dataset_id)) from e
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
-        raise DatasetCorruptError(_corrupt_message(dataset_id, e)) from e
+    except Exception as e:
+        if (damaged := _damaged(dataset_id, e)) is None:
+            raise
+        raise damaged from e
 
 
-def _corrupt_message(dataset_id: str, error: Exception) -> str:
+# Read by every Minari storage before any data (MinariStorage.read, MinariDataset.__init__).
+_METADATA_KEYS = ("dataset_id", "data_format", "minari_version", "total_episodes", "total_steps")
+
+
+class _EpisodeShapeError(ValueError):
+    """An episode's arrays disagree in length (an array cut short or replaced)."""
+
+
+def _damaged(dataset_id: str, error: Exception, episode: int | None = None):
+    """The :class:`DatasetCorruptError` for ``error``, raised reading ``dataset_id`` (``episode``:
+    the episode being read, if any), naming the damaged file and the command that rebuilds it; None
+    when the files look sound and ``error`` is not a reading error (a bug to show as it is)."""
+    folder = dataset_path(dataset_id)
     if cause := files.disk_cause(error):  # readable once the file system allows: keep the data
-        return (f"Minari dataset {dataset_id!r} at {dataset_path(dataset_id)} cannot be read: "
-                f"{cause}, then run the command again (the dataset itself is not touched).")
-    builder = dataset_ids.local_build_command(dataset_id)
-    if builder:
-        how = f"`{builder} --overwrite`"
-    elif dataset_id.startswith("cdp/"):
-        how = "`python experiments/make_dataset.py ... --overwrite` (the command that built it)"
-    else:
-        how = f"`minari download --force {dataset_id}`"
-    return (
-        f"Minari dataset {dataset_id!r} at {dataset_path(dataset_id)} is unreadable (corrupt or "
-        f"truncated file: {type(error).__name__}: {error}). Delete that directory and get it again "
-        f"with {how}."
-    )
+        return DatasetCorruptError(
+            f"Minari dataset {dataset_id!r} at {folder} cannot be read: {cause}, then run the "
+            "command again (the dataset itself is not touched).", path=folder)
+    found = _find_damage(folder / "data", error, episode)
+    if found is None:
+        if not isinstance(error, (OSError, KeyError, ValueError, AssertionError)):
+            return None
+        found = (folder / "data", f"cannot be read ({_error_text(error)})")
+    path, what = found
+    shown = path.relative_to(folder).as_posix() + ("/" if path.name == "data" else "")
+    return DatasetCorruptError(
+        f"Minari dataset {dataset_id!r} at {folder} is damaged: {shown} {what}.\n"
+        f"  {dataset_ids.how_to_rebuild(dataset_id)}", path=path)
+
+
+def _error_text(error: Exception) -> str:
+    text = " ".join(str(error.args[0] if isinstance(error, KeyError) and error.args
+                        else error).split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _find_damage(data, error: Exception, episode: int | None):
+    """``(file, what is wrong)`` for the first damaged file under a dataset's ``data/`` folder, or
+    None when none is found."""
+    if not data.is_dir():
+        return data, "is missing" if not data.exists() else "is not a folder"
+    metadata_file = data / "metadata.json"
+    metadata, problem = _read_metadata(metadata_file)
+    if problem:
+        return metadata_file, problem
+    if metadata["data_format"] != "hdf5":  # Minari's arrow storage: no finer diagnosis here
+        return None
+    main = data / "main_data.hdf5"
+    if not main.is_file():
+        return main, "is missing"
+    text = " ".join(str(error).split())
+    if m := re.search(r"truncated file: eof = (\d+).*?stored_eof = (\d+)", text):
+        return main, f"is truncated ({int(m[1]):,} of {int(m[2]):,} bytes)"
+    if "file signature not found" in text:
+        return main, "is empty" if main.stat().st_size == 0 else "is not an HDF5 file"
+    if m := re.search(r"object '([^']+)' doesn't exist", text):
+        if m[1].startswith("episode_"):
+            return main, f"lacks the episode {m[1]!r} (h5py: object {m[1]!r} doesn't exist)"
+        return main, (f"lacks the key {m[1]!r} in " + (f"episode_{episode}" if episode is not None
+                                                       else "an episode")
+                      + f" (h5py: object {m[1]!r} doesn't exist)")
+    if isinstance(error, _EpisodeShapeError):
+        return main, f"has a damaged episode_{episode}: {error}"
+    if episode is not None and isinstance(error, (OSError, KeyError, ValueError, AssertionError)):
+        return main, f"has a damaged episode_{episode} ({_error_text(error)})"
+    if isinstance(error, OSError):
+        return main, f"cannot be read ({_error_text(error)})"
+    return None
+
+
+def _read_metadata(path) -> tuple[dict | None, str | None]:
+    """``(metadata, None)`` when Minari can read ``data/metadata.json``, else ``(None, what is
+    wrong)``."""
+    if not path.is_file():
+        return None, "is missing" if not path.exists() else "is not a file"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return None, "is not text (binary garbage)"
+    except OSError as e:
+        return None, f"cannot be read ({_error_text(e)})"
+    if not text.strip():
+        return None, "is empty"
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"is not JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+    if not isinstance(metadata, dict):
+        return None, f"is not a JSON object (it holds a {type(metadata).__name__})"
+    missing = [k for k in _METADATA_KEYS if k not in metadata]
+    if "env_spec" not in metadata and not {"observation_space", "action_space"} <= set(metadata):
+        missing.append("observation_space and action_space (or env_spec)")
+    if missing:
+        return None, f"lacks the key(s) {', '.join(missing)}"
+    if metadata["data_format"] not in ("hdf5", "arrow"):
+        return None, (f"names an unknown data_format {metadata['data_format']!r} (Minari reads "
+                      "'hdf5' and 'arrow')")
+    from minari import __version__, supported_dataset_versions
+
+    if metadata["minari_version"] not in supported_dataset_versions:
+        return None, (f"records Minari {metadata['minari_version']!r}, which the installed Minari "
+                      f"{__version__} does not read (it reads {sorted(supported_dataset_versions)})")
+    return metadata, None
+
+
+def _check_lengths(ep: dict) -> None:
+    """Raise :class:`_EpisodeShapeError` when an episode's arrays disagree in length (Minari reads
+    each array whole and checks none): ``T`` steps, ``T + 1`` observations."""
+    def leaves(name, x):  # Minari decodes Dict spaces as dicts, Tuple spaces as tuples
+        if isinstance(x, dict | tuple):
+            items = x.items() if isinstance(x, dict) else enumerate(x)
+            return [leaf for k, v in items for leaf in leaves(f"{name}/{k}", v)]
+        return [(name, len(x))]
+
+    steps = len(ep["rewards"])
+    lengths = [*leaves("actions", ep["actions"]), ("rewards", steps),
+               ("terminations", len(ep["terminations"])), ("truncations", len(ep["truncations"]))]
+    observations = leaves("observations", ep["observations"])
+    if any(n != steps for _, n in lengths) or any(n != steps + 1 for _, n in observations):
+        shown = ", ".join(f"{name} {n}" for name, n in [*observations, *lengths])
+        raise _EpisodeShapeError(f"arrays of unequal length ({shown}; observations hold one row "
+                                 "more than the others)")
 
 
 def load(
@@ -136,8 +254,10 @@ def load(
         become ``(N, 1)`` float indices.
 
     Raises:
-        DatasetNotFoundError: the id is not downloaded / built (the message says how to get it).
-        DatasetCorruptError: the files exist but cannot be read.
+        DatasetNotFoundError: the id is not downloaded / built (the message says how to get it, or
+            names the nearest ids that exist).
+        DatasetCorruptError: the files exist but cannot be read (the message and ``path`` name
+            the damaged file; the message gives the command that rebuilds the dataset).
         DatasetValueError (a ValueError): an array read holds NaN / inf; the message names the
             array, the episode and the step.
         ValueError: bad ``fraction`` / ``num_episodes``.
@@ -150,6 +270,7 @@ def load(
     episodes, keys = [], None
     try:
         for ep in ds.storage.get_episodes(keep):
+            _check_lengths(ep)
             if keys is None:
                 keys = _resolve_obs_keys(ep["observations"], obs_keys)
             episodes.append({
@@ -163,8 +284,11 @@ def load(
             })
     except ObservationKeyError:
         raise
-    except (OSError, KeyError, ValueError, AssertionError) as e:
-        raise DatasetCorruptError(_corrupt_message(dataset_id, e)) from e
+    except Exception as e:
+        episode = int(keep[len(episodes)]) if len(episodes) < len(keep) else None
+        if (damaged := _damaged(dataset_id, e, episode)) is None:
+            raise
+        raise damaged from e
     metadata = ds.storage.metadata
     return concat_episodes(
         episodes,
