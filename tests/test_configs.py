@@ -51,13 +51,24 @@ def test_name_lists_are_their_registries_keys():
     assert names.ACTORS == tuple(networks.ACTORS)
     assert names.CHUNK_ACTORS == tuple(chunk_networks.CHUNK_ACTORS)
     assert names.SCHEDULES == tuple(common.SCHEDULES)
+    from cdp_jax import flow
+    from cdp_jax.data.builders import fetch, locomotion, pointmaze
+
+    assert names.FLOW_TARGETS == tuple(flow.TARGETS)
+    assert names.FLOW_SAMPLERS == tuple(flow.FLOW_SAMPLERS)
+    assert names.MAZES == tuple(pointmaze.MAZES)
+    assert names.MAZE_REWARD_TYPES == tuple(pointmaze.REWARD_TYPES)
+    assert names.FETCH_TASKS == tuple(fetch.TASKS)
+    assert names.LOCOMOTION_ENVS == tuple(locomotion.ENVS)
+    assert names.LOCOMOTION_KINDS == tuple(locomotion.KINDS)
+    assert names.EXPERT_BY == tuple(locomotion.EXPERT_BY)
 
 
 def test_the_agents_and_the_library_use_the_same_config_classes():
     from cdp_jax import configs, contraction, run_config
-    from cdp_jax.agents import CONFIGS, dbc, dql, idql
+    from cdp_jax.agents import AGENTS, CONFIGS, dbc, dql, idql
 
-    assert CONFIGS == configs.CONFIGS
+    assert CONFIGS == configs.CONFIGS and set(AGENTS) == set(CONFIGS)
     assert (dql.DQLConfig, dbc.DBCConfig, idql.IDQLConfig) == (
         configs.CONFIGS["dql"], configs.CONFIGS["dbc"], configs.CONFIGS["idql"])
     assert contraction.ContractionConfig is configs.contraction.ContractionConfig

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cdp_jax import contraction, diffusion, evaluation, networks, samplers, schedules
+from cdp_jax import contraction, diffusion, evaluation, flow, networks, samplers, schedules
 from cdp_jax.agents import CONFIGS, common, dbc, dql
+from cdp_jax.configs import flow_bc as flow_bc_config
+from cdp_jax.configs import fql as fql_config
 from cdp_jax.data import normalization, protocol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +44,17 @@ AGENT_CHOICES = {
     "contraction.frobenius_scale": tuple(contraction.FROBENIUS_SCALES),
     "contraction.frobenius_estimator": contraction.FROBENIUS_ESTIMATORS,
 }
+# The flow agents' fields whose values differ from the diffusion agents'.
+FLOW_CHOICES = {"contraction.target": tuple(flow.TARGETS), "sampler": tuple(flow.FLOW_SAMPLERS),
+                "q_agg": fql_config.Q_AGGREGATIONS}
+AGENT_SPECIFIC = {"fql": FLOW_CHOICES, "flow_bc": FLOW_CHOICES}
 ACTOR_NETWORKS = {"dql": ("mlp", "lnresnet"), "dbc": dbc.ACTOR_NETWORKS,
-                  "idql": tuple(networks.ACTORS)}
+                  "idql": tuple(networks.ACTORS), "fql": (),
+                  "flow_bc": flow_bc_config.ACTOR_NETWORKS}
+
+
+def _choices(agent: str) -> dict:
+    return {**AGENT_CHOICES, **AGENT_SPECIFIC.get(agent, {})}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +85,7 @@ def test_the_tables_cover_every_string_field():
     assert set(_string_fields(run_config.TrainConfig)) == set(TRAIN_CHOICES) | set(TRAIN_TEXT)
     for agent, cls in CONFIGS.items():
         fields = set(_string_fields(cls)) - {"actor_network"}
-        assert fields <= set(AGENT_CHOICES), (agent, fields - set(AGENT_CHOICES))
+        assert fields <= set(_choices(agent)), (agent, fields - set(_choices(agent)))
 
 
 @pytest.mark.parametrize("field", sorted(TRAIN_CHOICES))
@@ -98,7 +109,7 @@ def test_none_is_text_unless_the_field_allows_none(train):
 
 @pytest.mark.parametrize("agent", sorted(CONFIGS))
 def test_set_takes_every_documented_value_of_the_agents_string_fields(train, agent):
-    fields = {**{f: AGENT_CHOICES[f] for f in _string_fields(CONFIGS[agent])
+    fields = {**{f: _choices(agent)[f] for f in _string_fields(CONFIGS[agent])
                  if f != "actor_network"}, "actor_network": ACTOR_NETWORKS[agent]}
     for field, values in fields.items():
         for value in values:

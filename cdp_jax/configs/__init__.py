@@ -8,7 +8,7 @@ The algorithms import their config from here and re-export it (``cdp_jax.agents.
 * :mod:`~cdp_jax.configs.names`: the names each field may take (samplers, networks, ...);
 * :mod:`~cdp_jax.configs.fields`: validation helpers, ``field=value`` overrides, JSON round trips;
 * :mod:`~cdp_jax.configs.contraction`: :class:`ContractionConfig`;
-* one module per agent (``dql``, ``dbc``, ``idql``) with its config class;
+* one module per agent (``dql``, ``dbc``, ``idql``, ``fql``, ``flow_bc``) with its config class;
 * :mod:`~cdp_jax.configs.train`: :class:`TrainConfig`, the presets and :func:`preset`.
 
 ``CONFIGS[name]`` is an agent's config class and ``DATA[name]`` the batch layout it trains on
@@ -17,7 +17,11 @@ The algorithms import their config from here and re-export it (``cdp_jax.agents.
 
 from cdp_jax.configs.dbc import DBCConfig
 from cdp_jax.configs.dql import DQLConfig
+from cdp_jax.configs.flow_bc import FlowBCConfig
+from cdp_jax.configs.fql import FQLConfig
 from cdp_jax.configs.idql import IDQLConfig
 
-CONFIGS = {"dql": DQLConfig, "dbc": DBCConfig, "idql": IDQLConfig}
-DATA = {"dql": "transitions", "dbc": "windows", "idql": "transitions"}
+CONFIGS = {"dql": DQLConfig, "dbc": DBCConfig, "idql": IDQLConfig, "fql": FQLConfig,
+           "flow_bc": FlowBCConfig}
+DATA = {"dql": "transitions", "dbc": "windows", "idql": "transitions", "fql": "transitions",
+        "flow_bc": "windows"}

@@ -32,7 +32,9 @@ class ContractionConfig:
         unbiased for the value and its parameter gradient, and matrix-free; or ``"exact"`` (the
         whole Jacobian, ``d`` VJPs per sample; what the official code computes, by ``d``
         backward passes).
-      target: ``"network"`` or ``"drift"`` (the docstring of :mod:`cdp_jax.contraction`).
+      target: for diffusion ``"network"`` or ``"drift"`` (the docstring of
+        :mod:`cdp_jax.contraction`), for flow matching ``"clean"`` or ``"velocity"``
+        (:mod:`cdp_jax.flow`); each agent accepts its own family.
       window: fraction of noise levels penalised, lowest first (``time_fraction(t) <= window``);
         0.1 is the official offline-RL default (t < 5 of 50), 1.0 penalises all.
       num_penalised: static number of samples penalised per batch: an int, a fraction of the batch
@@ -57,7 +59,7 @@ class ContractionConfig:
 
     def __post_init__(self):
         _check_choice("penalty", self.penalty, names.PENALTIES)
-        _check_choice("target", self.target, names.TARGETS)
+        _check_choice("target", self.target, names.TARGETS + names.FLOW_TARGETS)
         _check_choice("frobenius_scale", self.frobenius_scale, names.FROBENIUS_SCALES)
         _check_choice("frobenius_estimator", self.frobenius_estimator, names.FROBENIUS_ESTIMATORS)
         if not (math.isfinite(self.weight) and self.weight >= 0):

@@ -61,6 +61,7 @@ class DBCConfig:
         check_choice("sampler_spacing", self.sampler_spacing, names.SPACINGS)
         check_choice("prediction", self.prediction, names.PREDICTIONS)
         check_choice("sampler", self.sampler, names.SAMPLERS)
+        check_choice("contraction.target", self.contraction.target, names.TARGETS)
         for name in ("obs_horizon", "action_horizon", "n_action", "hidden_dim", "depth", "expansion",
                      "time_dim", "diffusion_steps", "sampler_steps", "lr"):
             check_positive(name, getattr(self, name))

@@ -81,6 +81,7 @@ class DQLConfig:
         check_choice("ema_warmup", self.ema_warmup, EMA_WARMUPS)
         check_choice("prediction", self.prediction, names.PREDICTIONS)
         check_choice("sampler", self.sampler, names.SAMPLERS)
+        check_choice("contraction.target", self.contraction.target, names.TARGETS)
         for name in ("actor_hidden_dim", "actor_depth", "time_dim", "diffusion_steps",
                      "sampler_steps", "critic_hidden_dim", "critic_depth", "target_every",
                      "td_samples", "ema_every", "num_candidates", "actor_lr", "critic_lr"):

@@ -98,6 +98,14 @@ def parse_field_value(cls, name: str, text: str):
         except ValueError:
             raise ValueError(f"Invalid {name}={text!r}; expected a {kind.__name__}.") from None
         return _finite(name, value)
+    if typing.get_origin(kind) is tuple:  # e.g. hidden_dims=512,512 or (512, 512)
+        item = typing.get_args(kind)[0]
+        parts = [p.strip() for p in text.strip().strip("()[]").split(",") if p.strip()]
+        try:
+            return tuple(_finite(name, item(p)) for p in parts)
+        except ValueError:
+            raise ValueError(f"Invalid {name}={text!r}; expected {item.__name__}s separated by "
+                             "commas, e.g. 512,512.") from None
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         for option in typing.get_args(kind):  # e.g. int | float: the first that parses
             try:

@@ -43,6 +43,7 @@ class IDQLConfig:
         check_choice("schedule", self.schedule, names.SCHEDULES)
         check_choice("prediction", self.prediction, names.PREDICTIONS)
         check_choice("sampler", self.sampler, names.SAMPLERS)
+        check_choice("contraction.target", self.contraction.target, names.TARGETS)
         for name in ("actor_hidden_dim", "actor_depth", "time_dim", "diffusion_steps",
                      "sampler_steps", "critic_hidden_dim", "critic_depth", "num_candidates",
                      "actor_lr", "critic_lr"):

@@ -13,7 +13,11 @@ SAMPLERS = ("ddpm", "ddim", "dpm_solver_pp_1s", "dpm_solver_pp_2m", "euler_maruy
 PENALTIES = ("eigen", "frobenius")
 """``cdp_jax.contraction.PENALTIES``."""
 TARGETS = ("network", "drift")
-"""``cdp_jax.contraction.TARGETS``."""
+"""``cdp_jax.contraction.TARGETS``: the maps a diffusion policy's penalty can look at."""
+FLOW_TARGETS = ("clean", "velocity")
+"""``cdp_jax.flow.TARGETS``: the maps a flow policy's penalty can look at."""
+FLOW_SAMPLERS = ("euler", "heun")
+"""``cdp_jax.flow.FLOW_SAMPLERS``."""
 FROBENIUS_SCALES = ("dim", "dim_squared")
 """``cdp_jax.contraction.FROBENIUS_SCALES``."""
 FROBENIUS_ESTIMATORS = ("hutchinson", "jvp_pairs", "exact")

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from cdp_jax import paper
-from cdp_jax.configs import CONFIGS, names
+from cdp_jax.configs import CONFIGS, flow_bc, fql, names
 from cdp_jax.configs.fields import apply_overrides, check_finite_fields, config_from_dict
 
 # TrainConfig fields a resumed run may change (e.g. train longer, evaluate or checkpoint at another
@@ -118,7 +118,10 @@ class TrainConfig:
 # defaults (250k steps, evaluation every 20k steps on 50 episodes with 100 critic-resampled
 # candidates at noise 0.5); "paper" and "paper-il" are the official pipeline (cdp_jax.paper), with
 # per-task values from the dataset id; "paper-fast" and "paper-il-fast" the same pipelines with the
-# official penalty estimated without a Jacobian (cdp_jax.paper.PAPER_FAST_PENALTY).
+# official penalty estimated without a Jacobian (cdp_jax.paper.PAPER_FAST_PENALTY). "fql" is Flow
+# Q-Learning with its published defaults and "flow-bc" flow-matching behaviour cloning; their
+# "-cdp" twins add the contraction penalty on the behaviour flow (configs.fql.FLOW_RL_PENALTY,
+# configs.flow_bc.FLOW_IL_PENALTY).
 PRESETS = {
     "quickstart": {
         "train": {"steps": 3000, "eval_every": 1000, "checkpoint_every": 1000},
@@ -127,6 +130,8 @@ PRESETS = {
                 "contraction_weight": 0.1},
         "idql": {"sampler_steps": 5, "ema_start": 200, "num_candidates": 16,
                  "contraction_weight": 0.1},
+        "fql": {"contraction_weight": 0.1},
+        "flow_bc": {"action_horizon": 4, "n_action": 2, "contraction_weight": 0.1},
     },
     "full": {
         "train": {"steps": 250_000, "eval_every": 20_000, "checkpoint_every": 20_000,
@@ -139,6 +144,11 @@ PRESETS = {
     "paper-il": {"train": paper.PAPER_IL_TRAIN, "dbc": paper.PAPER_IL},
     "paper-fast": {"train": paper.PAPER_RL_TRAIN, "dql": paper.PAPER_RL_FAST},
     "paper-il-fast": {"train": paper.PAPER_IL_TRAIN, "dbc": paper.PAPER_IL_FAST},
+    "fql": {"train": fql.FQL_TRAIN, "fql": {}},
+    "fql-cdp": {"train": fql.FQL_TRAIN, "fql": {"contraction": fql.FLOW_RL_PENALTY}},
+    "flow-bc": {"train": flow_bc.FLOW_BC_TRAIN, "flow_bc": {}},
+    "flow-bc-cdp": {"train": flow_bc.FLOW_BC_TRAIN,
+                    "flow_bc": {"contraction": flow_bc.FLOW_IL_PENALTY}},
 }
 
 
