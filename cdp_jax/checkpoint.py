@@ -87,9 +87,9 @@ def save(directory: str | os.PathLike, step: int, tree, meta: dict) -> Path:
             {"step": int(step), **meta, "files": _manifest(tmp / "state")}, indent=2,
             sort_keys=True))
         os.replace(tmp, final)
-    except Exception as err:
+    except BaseException as err:  # an interrupt too: never a half-written checkpoint
         shutil.rmtree(tmp, ignore_errors=True)
-        if not files.is_disk_error(err):
+        if not isinstance(err, Exception) or not files.is_disk_error(err):
             raise
         earlier = list_steps(directory)
         kept = (f"No partial checkpoint was left; the earlier checkpoints {earlier} are "

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdp_jax import checkpoint, evaluation, parallel, run_directory
+from cdp_jax import checkpoint, evaluation, interrupts, parallel, run_directory
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import DATA, get_agent
 from cdp_jax.configs.train import parse_seeds  # noqa: F401 (re-exported)
-from cdp_jax.data import buffer, minari
+from cdp_jax.data import buffer, fingerprint, minari
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data.normalization import Normalizer
 from cdp_jax.run_config import TrainConfig, check_resume, config_dict, resolve_agent_config
@@ -31,10 +31,12 @@ from cdp_jax.training import (
     call_chunk,
     check_fresh_or_resume,
     check_state_finite,
+    eval_num_envs,
     eval_protocol,
     eval_reset_seeds,
     explain_write_errors,
     init_seeds,
+    interrupted_training,
     lr_schedule_note,
     make_eval_envs,
     make_seeds_chunk,
@@ -42,6 +44,7 @@ from cdp_jax.training import (
     process_dir,
     restore_for_resume,
     resume_step,
+    save_interrupted,
 )
 
 
@@ -71,8 +74,9 @@ def block_reset_seeds(seeds, envs_per_seed: int, episodes: int) -> list[int]:
 def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config: TrainConfig, seeds,
                    step: int) -> list[dict]:
     """All seeds in one vectorised rollout (``S x E`` envs, one vmapped ``act`` per env step);
-    per seed the same keys, reset seeds and result dict as :func:`run_evaluation`."""
-    agent_config, num, per = states.config, len(seeds), config.eval_envs
+    per seed the same keys, reset seeds and result dict as :func:`run_evaluation` (``E`` is
+    :func:`eval_num_envs`: no more envs per seed than episodes)."""
+    agent_config, num, per = states.config, len(seeds), eval_num_envs(config)
     windows = DATA[agent_name] == "windows"
     flat = lambda o: dataset_lib.flatten_observation(o, data.obs_keys).reshape(num, per, -1)
     obs_fn = lambda o: np.concatenate([np.asarray(n.normalize(x), np.float32)
@@ -111,18 +115,32 @@ def evaluate_seeds(act_fn, agent_name, states, data, norms, envs, config: TrainC
     return results
 
 
-def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "none") -> dict:
+def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "none", *,
+                accept_changed_data: bool = False) -> dict:
     """Train seeds ``seeds`` as one vmapped program; seed ``s`` equals ``train`` of
     :func:`seed_config` ``(config, s)`` (up to float reassociation of the batched matmuls) and
     writes the same outputs to ``<run dir>/seed_<s>/``, plus ``<run dir>/seeds.json``.
 
     With a ``fraction`` / ``num_episodes``, each seed keeps its own episodes and observation
     normaliser (arrays padded to a common length, see :func:`stack_padded`). ``parallel_mode``:
-    ``"seeds"`` splits the seeds over the devices, ``"data"`` every seed's batch.
+    ``"seeds"`` splits the seeds over the devices, ``"data"`` every seed's batch. A changed
+    dataset (``accept_changed_data``) and an interrupt are handled as by
+    :func:`cdp_jax.training.train`, every seed alike: an interrupt checkpoints all seeds at one
+    step, and its line's command resumes them all (``--seeds ... --resume``).
     """
-    start_time = time.perf_counter()
     config.validate()
     seeds = tuple(int(s) for s in seeds)
+    try:
+        return _train_seeds(config, agent_config, seeds, parallel_mode, accept_changed_data)
+    except KeyboardInterrupt as err:
+        if isinstance(err, interrupts.Interrupted) and err.message:
+            raise
+        raise interrupted_training(err, config, parallel_mode, seeds=seeds) from None
+
+
+def _train_seeds(config: TrainConfig, agent_config, seeds: tuple[int, ...], parallel_mode: str,
+                 accept_changed_data: bool) -> dict:
+    start_time = time.perf_counter()
     configs = [seed_config(config, s) for s in seeds]
     saved_agent = None
     for c in configs if config.resume else ():
@@ -146,6 +164,9 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
                          seed=c.seed)
              for c in (configs if per_seed_data else configs[:1])]
     data = datas[0]
+    data_records = [fingerprint.record(d) for d in datas] * (len(seeds) // len(datas))
+    checked = [run_directory.check_dataset(c.path, r, accept_changed_data) if config.resume
+               else (None, None) for c, r in zip(configs, data_records, strict=True)]
     prepared = ([prepare_arrays(d, config.agent, agent_config, c)
                  for d, c in zip(datas, configs, strict=True)] if per_seed_data else
                 [prepare_arrays(data, config.agent, agent_config, config)] * len(seeds))
@@ -153,7 +174,7 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
     parallel.check_memory(max((p[0] for p in prepared), key=buffer.num_rows),
                           config.updates_per_call, config.batch_size,
                           mesh.size if parallel_mode == "data" else 1, -(-len(seeds) // split_seeds))
-    envs = make_eval_envs(data, dataclasses.replace(config, eval_envs=config.eval_envs * len(seeds)))
+    envs = make_eval_envs(data, config, copies=len(seeds))
     step = 0
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)
@@ -162,8 +183,9 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
             cleanup.enter_context(run_directory.own(process_dir(c.path)))
             check_fresh_or_resume(c, m)  # again, now that no other process can write
         if jax.process_index() == 0:
-            for c in configs:
-                run_directory.write_json(c.path / "config.json", config_dict(c, agent_config))
+            for c, r in zip(configs, data_records, strict=True):
+                run_directory.write_json(c.path / "config.json",
+                                         {**config_dict(c, agent_config), "dataset": r})
 
         key_pairs = jax.vmap(jax.random.split)(jnp.stack([jax.random.PRNGKey(s) for s in seeds]))
         states = init_seeds(agent, key_pairs[:, 0], agent_config, data.obs_dim, data.act_dim)
@@ -186,8 +208,8 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
                 m.discard_after(step)
         if jax.process_index() == 0:  # once the restore worked: the software of this attempt
             software = run_directory.environment()  # one query for all the seeds
-            for c in configs:
-                run_directory.record_environment(c.path, step, software)
+            for c, (_, change) in zip(configs, checked, strict=True):
+                run_directory.record_environment(c.path, step, software, extra=change)
         norms = [p[1] for p in prepared]
         if per_seed_data:
             arrays, num_rows = stack_padded([p[0] for p in prepared])
@@ -214,6 +236,10 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
         if start is not None:
             for record in records:
                 record.write()  # evaluations after the checkpoint belong to the abandoned attempt
+        data_notes = [note for note, _ in checked if note]
+        if data_notes:  # the seeds alike: one line
+            loggers[0].write(data_notes[0] + (f" (so for {len(data_notes)} seeds)"
+                                              if len(data_notes) > 1 else ""))
         if note := lr_schedule_note(config, agent_config):
             loggers[0].write(note)
         chunks, act_fn = {}, jax.jit(jax.vmap(agent.act))
@@ -223,47 +249,58 @@ def train_seeds(config: TrainConfig, agent_config, seeds, parallel_mode: str = "
                               "obs_dim": d.obs_dim, "action_dim": d.act_dim}}
                  for c, n, d in zip(configs, norms, datas * (len(seeds) // len(datas)),
                                     strict=True)]
-        while step < config.steps:
-            k = min(config.updates_per_call, config.steps - step)
-            if k not in chunks:
-                chunks[k] = jax.jit(make_seeds_chunk(agent, k, config.batch_size, per_seed_data,
-                                                     batch_sharding), **jit_kwargs)
-            new_states, new_keys, metrics = call_chunk(
-                chunks[k], (states, arrays, num_rows, key_train), config)
-            for i, ckpt in enumerate(ckpts):
-                _check_finite({name: v[i] for name, v in metrics.items()}, step, ckpt)
-            states, key_train, step = new_states, new_keys, step + k
-            for i, logger in enumerate(loggers):
-                logger.log_train(step, {name: np.mean(v[i]) for name, v in metrics.items()})
-            last = step == config.steps
-            due_eval = (config.eval_every and step % config.eval_every == 0) or last
-            due_save = (((config.checkpoint_every and step % config.checkpoint_every == 0) or last)
-                        and jax.process_index() == 0)
-            if due_eval or due_save:  # never evaluate or save non-finite parameters
-                check_state_finite(states, step, ckpts[0])  # leaves (seeds, ...)
-            scores = [None] * len(seeds)
-            if due_eval:
-                # one local copy per evaluation (a sharded or multi-host state cannot feed
-                # the per-process rollout); then every env step's act stays on device
-                host_states = (parallel.put(parallel.to_host(states), None) if mesh is not None
-                               else states)
-                results = evaluate_seeds(act_fn, config.agent, host_states, data, norms, envs,
-                                         config, seeds, step)
-                for i, result in enumerate(results):
-                    entry = records[i].add(step, result, protocol)
-                    loggers[i].log_eval(step, entry)
-                    scores[i] = entry.get("normalized_score", entry["return_mean"])
-                loggers[0].write(f"step {step}: normalized score per seed "
-                                 f"{[round(x, 1) for x in scores]}")
-            if due_save:
-                host = parallel.to_host({"state": states, "rng": key_train})
+        done = (step, states, key_train)  # the last step whose logs and evaluations are done
+        try:
+            while step < config.steps:
+                k = min(config.updates_per_call, config.steps - step)
+                if k not in chunks:
+                    chunks[k] = jax.jit(make_seeds_chunk(agent, k, config.batch_size,
+                                                         per_seed_data, batch_sharding),
+                                        **jit_kwargs)
+                new_states, new_keys, metrics = call_chunk(
+                    chunks[k], (states, arrays, num_rows, key_train), config)
                 for i, ckpt in enumerate(ckpts):
-                    loggers[i].flush()  # the events up to a checkpoint are on disk before it
-                    ckpt.save(step, jax.tree.map(lambda x, i=i: x[i], host),
-                              {**metas[i], "eval_history": records[i].history, "finite": True},
-                              score=scores[i])
-            for logger in loggers:
-                logger.reset_timer()
+                    _check_finite({name: v[i] for name, v in metrics.items()}, step, ckpt)
+                states, key_train, step = new_states, new_keys, step + k
+                for i, logger in enumerate(loggers):
+                    logger.log_train(step, {name: np.mean(v[i]) for name, v in metrics.items()})
+                last = step == config.steps
+                due_eval = (config.eval_every and step % config.eval_every == 0) or last
+                due_save = (((config.checkpoint_every and step % config.checkpoint_every == 0)
+                             or last) and jax.process_index() == 0)
+                if due_eval or due_save:  # never evaluate or save non-finite parameters
+                    check_state_finite(states, step, ckpts[0])  # leaves (seeds, ...)
+                scores = [None] * len(seeds)
+                if due_eval:
+                    # one local copy per evaluation (a sharded or multi-host state cannot feed
+                    # the per-process rollout); then every env step's act stays on device
+                    host_states = (parallel.put(parallel.to_host(states), None)
+                                   if mesh is not None else states)
+                    results = evaluate_seeds(act_fn, config.agent, host_states, data, norms,
+                                             envs, config, seeds, step)
+                    for i, result in enumerate(results):
+                        entry = records[i].add(step, result, protocol)
+                        loggers[i].log_eval(step, entry)
+                        scores[i] = entry.get("normalized_score", entry["return_mean"])
+                    loggers[0].write(f"step {step}: normalized score per seed "
+                                     f"{[round(x, 1) for x in scores]}")
+                if due_save:
+                    # all seeds or none: a resume needs one checkpoint step they all have
+                    with interrupts.deferred():
+                        host = parallel.to_host({"state": states, "rng": key_train})
+                        for i, ckpt in enumerate(ckpts):
+                            loggers[i].flush()  # the events up to a checkpoint are on disk first
+                            ckpt.save(step, jax.tree.map(lambda x, i=i: x[i], host),
+                                      {**metas[i], "eval_history": records[i].history,
+                                       "finite": True}, score=scores[i])
+                for logger in loggers:
+                    logger.reset_timer()
+                done = (step, states, key_train)
+        except KeyboardInterrupt as err:
+            at, states, key_train = done
+            note = save_interrupted(ckpts, at, {"state": states, "rng": key_train}, metas,
+                                    [r.history for r in records], loggers, stacked=True)
+            raise interrupted_training(err, config, parallel_mode, at, note, seeds) from None
     summaries = {s: r.summary() for s, r in zip(seeds, records, strict=True)}
     finals = [e["last"][e["metric"]] for e in summaries.values() if e]
     summary = {"run_dir": str(config.path), "seeds": list(seeds), "steps": step,

@@ -13,6 +13,11 @@ as ``"field: saved X, requested Y"`` strings, so that a refused resume names eve
 :func:`record_environment` appends, at every start and resume of a run, the software it ran under
 (package versions, cdp_jax's git commit, the JAX backend and devices) to
 ``<run dir>/environment.json``: a run that spans several sessions keeps one entry per attempt.
+
+:func:`check_dataset` compares the content of the dataset a resumed run loads
+(:func:`cdp_jax.data.fingerprint.record`) with the one its ``config.json`` recorded, and refuses a
+change unless told to accept it (the acceptance is recorded in that attempt's entry of
+``environment.json``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ PACKAGES = ("cdp_jax", "jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoi
 
 class RunLockedError(RuntimeError):
     """Another live process owns the run directory."""
+
+
+class DatasetChangedError(ValueError):
+    """A resumed run's dataset holds other content than the run recorded when it started."""
 
 
 @contextlib.contextmanager
@@ -142,9 +151,11 @@ def environment() -> dict:
     }
 
 
-def record_environment(run_dir: str | os.PathLike, step: int, software: dict | None = None) -> dict:
+def record_environment(run_dir: str | os.PathLike, step: int, software: dict | None = None,
+                       extra: dict | None = None) -> dict:
     """Append ``software`` (default: :func:`environment` now) with ``from_step`` (the step this
-    attempt starts at, 0 for a fresh run) to ``run_dir/environment.json``; returns the entry."""
+    attempt starts at, 0 for a fresh run) and ``extra`` (e.g. an accepted change of the dataset,
+    :func:`check_dataset`) to ``run_dir/environment.json``; returns the entry."""
     path = Path(run_dir) / ENVIRONMENT_FILE
     entries = []
     if path.is_file():
@@ -155,6 +166,61 @@ def record_environment(run_dir: str | os.PathLike, step: int, software: dict | N
                 os.replace(path, path.with_name(path.name + ".damaged"))
             except OSError as err:
                 raise files.write_error(path, err, f"The unreadable {path.name} is unchanged.") from None
-    entry = {**(environment() if software is None else software), "from_step": int(step)}
+    entry = {**(environment() if software is None else software), "from_step": int(step),
+             **(extra or {})}
     write_json(path, {"attempts": [*entries, entry]})
     return entry
+
+
+def recorded_dataset(run_dir: str | os.PathLike) -> dict | None:
+    """The dataset record (:func:`cdp_jax.data.fingerprint.record`) in ``run_dir/config.json``,
+    or ``None`` for a run that has none (started before runs recorded it) or no readable
+    ``config.json``."""
+    try:
+        recorded = json.loads((Path(run_dir) / "config.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) and "sha256" in recorded else None
+
+
+def check_dataset(run_dir: str | os.PathLike, now: dict,
+                  accept_changed: bool = False) -> tuple[str | None, dict | None]:
+    """Compare the dataset a resumed run loaded (``now``, a
+    :func:`cdp_jax.data.fingerprint.record`) with the one ``run_dir/config.json`` recorded.
+
+    Returns ``(note, change)``: ``note`` a line for the log (``None`` when the content is the
+    recorded one); ``change`` (``None`` unless a change was accepted) what the attempt's entry in
+    ``environment.json`` records: ``{"dataset_changed": {"accepted": True, "recorded": ...,
+    "now": ...}}``. A run without a record (started before runs recorded one) resumes with a
+    note.
+
+    Raises:
+      DatasetChangedError: the content changed and ``accept_changed`` is false; the message says
+        what changed and how to go on.
+    """
+    recorded = recorded_dataset(run_dir)
+    if recorded is None:
+        return (f"note: {Path(run_dir) / 'config.json'} records no fingerprint of its dataset "
+                f"(the run started before runs recorded one), so a change of {now['id']} cannot "
+                f"be detected; recording the current one ({describe_dataset(now)})."), None
+    if recorded.get("sha256") == now["sha256"]:
+        return None, None
+    what = (f"the dataset {now['id']} changed since the run in {run_dir} started (recorded: "
+            f"{describe_dataset(recorded)}; now: {describe_dataset(now)})")
+    if not accept_changed:
+        raise DatasetChangedError(
+            f"{what}: start a new run (another --name / --run-dir), or pass "
+            "--accept-changed-data to continue on the new data (recorded in the run's "
+            f"{ENVIRONMENT_FILE}).")
+    keep = ("id", "episodes", "transitions", "sha256")
+    change = {"accepted": True, "recorded": {k: recorded.get(k) for k in keep},
+              "now": {k: now.get(k) for k in keep}}
+    return (f"note: {what}; continuing on the new data as --accept-changed-data asks (recorded "
+            f"in {Path(run_dir) / ENVIRONMENT_FILE})."), {"dataset_changed": change}
+
+
+def describe_dataset(recorded: dict) -> str:
+    """``"1500 episodes, 200000 transitions, sha256 3f2a9c1b07de"``: a dataset record in a
+    message."""
+    return (f"{recorded.get('episodes')} episodes, {recorded.get('transitions')} transitions, "
+            f"sha256 {str(recorded.get('sha256'))[:12]}")

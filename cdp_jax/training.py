@@ -12,6 +12,17 @@ steps.
 
 A run directory belongs to one process at a time (:func:`cdp_jax.run_directory.own`); what a
 resume may change, the presets and loading a trained policy are in :mod:`cdp_jax.run_config`.
+``config.json`` also records the content of the dataset trained on
+(:func:`cdp_jax.data.fingerprint.record`); a resume refuses a dataset whose content changed
+unless told to accept it (:func:`cdp_jax.run_directory.check_dataset`).
+
+An interrupt (Ctrl-C, or SIGTERM under :func:`cdp_jax.interrupts.handled`) stops training between
+two calls of the device part and loses nothing: the state of the last step whose logs and
+evaluations are complete is checkpointed if no checkpoint holds it yet (and it is finite), every
+checkpoint is written whole or not at all, and :func:`train` raises a
+:class:`cdp_jax.interrupts.Interrupted` that names the step, the checkpoint kept and the command
+that resumes; ``--resume`` then continues exactly (:func:`interrupted_training`).
+
 Before compiling, :func:`train` checks that the batches of one call and the dataset fit in device
 memory; a checkpoint is written only if every parameter and optimiser-state value is finite.
 
@@ -31,10 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdp_jax import checkpoint, evaluation, files, parallel, run_directory
+from cdp_jax import checkpoint, evaluation, files, interrupts, parallel, run_directory
 from cdp_jax import logging as run_logging
 from cdp_jax.agents import DATA, get_agent
-from cdp_jax.data import buffer, minari, protocol
+from cdp_jax.data import buffer, fingerprint, minari, protocol
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data.normalization import Normalizer
 from cdp_jax.run_config import TrainConfig, check_resume, config_dict, resolve_agent_config
@@ -90,9 +101,10 @@ def make_seeds_chunk(agent, num_updates: int, batch_size: int, per_seed_data: bo
 
     ``vmap`` of :func:`make_train_chunk` over the seed axis of the states and of the training
     keys ``(S, 2)``; each seed's key is used as :func:`train` uses a single run's (returned
-    unchanged), so seed ``s`` draws the batches and noise of a single-seed run. With ``per_seed_data`` the arrays are
-    ``(S, N_max, ...)`` with ``num_rows (S,)`` valid rows each; otherwise one ``(N, ...)`` set and
-    a scalar ``num_rows`` are shared. ``metrics`` are ``(S, K)``. Not jitted here.
+    unchanged), so seed ``s`` draws the batches and noise of a single-seed run. With
+    ``per_seed_data`` the arrays are ``(S, N_max, ...)`` with ``num_rows (S,)`` valid rows each;
+    otherwise one ``(N, ...)`` set and a scalar ``num_rows`` are shared. ``metrics`` are
+    ``(S, K)``. Not jitted here.
     """
     chunk = make_train_chunk(agent, num_updates, batch_size, batch_sharding)
 
@@ -150,10 +162,17 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     return arrays, norm
 
 
-def make_eval_envs(data: dataset_lib.OfflineDataset, config: TrainConfig):
-    """The dataset's evaluation env, ``eval_envs`` copies; checks its dimensions against data."""
-    envs = evaluation.make_vector_env(lambda: data.make_env(eval_env=True), config.eval_envs,
-                                      config.eval_vector)
+def eval_num_envs(config: TrainConfig) -> int:
+    """The environments one evaluation steps together: ``eval_envs``, but never more than
+    ``eval_episodes`` (an env without an episode to play would be stepped for nothing)."""
+    return min(config.eval_envs, config.eval_episodes)
+
+
+def make_eval_envs(data: dataset_lib.OfflineDataset, config: TrainConfig, copies: int = 1):
+    """The dataset's evaluation env, :func:`eval_num_envs` copies (times ``copies``: one block per
+    seed of a joint rollout); checks its dimensions against data."""
+    envs = evaluation.make_vector_env(lambda: data.make_env(eval_env=True),
+                                      eval_num_envs(config) * copies, config.eval_vector)
     obs, _ = envs.reset(seed=0)
     obs_dim = dataset_lib.flatten_observation(obs, data.obs_keys).shape[-1]
     act_shape = envs.single_action_space.shape
@@ -177,7 +196,7 @@ def make_policy(act_fn, state):
 def eval_protocol(agent_name: str, agent_config, config: TrainConfig) -> dict:
     """The protocol stored next to every score in ``eval.json``."""
     return {
-        "episodes": config.eval_episodes, "num_envs": config.eval_envs,
+        "episodes": config.eval_episodes, "num_envs": eval_num_envs(config),
         "candidates": getattr(agent_config, "num_candidates", 1),
         "candidate_temperature": getattr(agent_config, "candidate_temperature", None),
         "noise_temperature": agent_config.noise_temperature, "sampler": agent_config.sampler,
@@ -224,7 +243,8 @@ def run_evaluation(act_fn, agent_name, state, data, norm, envs, config: TrainCon
 # ----------------------------------------------------------------------------- host loop
 
 
-def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dict:
+def train(config: TrainConfig, agent_config, parallel_mode: str = "none", *,
+          accept_changed_data: bool = False) -> dict:
     """Train (or resume) a run; returns a summary (run dir, steps, wall time, evaluations).
 
     ``parallel_mode="data"`` replicates the state and the dataset over all devices (all hosts
@@ -235,10 +255,24 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
     that differs from the saved run's; ``FileNotFoundError`` (resume: no run there) or
     ``FileExistsError`` (no resume: a run is there); :class:`cdp_jax.run_directory.RunLockedError`
     (another process owns the run directory); :class:`cdp_jax.parallel.DeviceMemoryError`;
-    :class:`cdp_jax.checkpoint.CheckpointError`. While training: :class:`TrainingDivergedError`.
+    :class:`cdp_jax.checkpoint.CheckpointError`;
+    :class:`cdp_jax.run_directory.DatasetChangedError` (resume: the dataset's content changed
+    since the run started, and ``accept_changed_data`` is false; with it, the change is recorded
+    in ``environment.json``). While training: :class:`TrainingDivergedError`. On an interrupt:
+    :class:`cdp_jax.interrupts.Interrupted` (module doc).
     """
-    start_time = time.perf_counter()
     config.validate()
+    try:
+        return _train(config, agent_config, parallel_mode, accept_changed_data)
+    except KeyboardInterrupt as err:
+        if isinstance(err, interrupts.Interrupted) and err.message:
+            raise
+        raise interrupted_training(err, config, parallel_mode) from None
+
+
+def _train(config: TrainConfig, agent_config, parallel_mode: str,
+           accept_changed_data: bool) -> dict:
+    start_time = time.perf_counter()
     if parallel_mode == "seeds":
         raise ValueError("parallel_mode='seeds' splits a batch of seeds: use "
                          "cdp_jax.multi_seed.train_seeds.")
@@ -253,6 +287,10 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
 
     data = minari.load(config.dataset, fraction=config.episode_fraction,
                        num_episodes=config.num_episodes, seed=config.seed)
+    data_record = fingerprint.record(data)
+    data_note, data_change = (run_directory.check_dataset(run_dir, data_record,
+                                                          accept_changed_data)
+                              if config.resume else (None, None))
     arrays, norm = prepare_arrays(data, config.agent, agent_config, config)
     parallel.check_memory(arrays, config.updates_per_call, config.batch_size,
                           1 if mesh is None else mesh.size)
@@ -277,8 +315,9 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
             if jax.process_index() == 0:  # the one process that writes checkpoints
                 ckpt.discard_after(step)
         if jax.process_index() == 0:
-            run_directory.write_json(run_dir / "config.json", config_dict(config, agent_config))
-            run_directory.record_environment(run_dir, step)
+            run_directory.write_json(run_dir / "config.json",
+                                     {**config_dict(config, agent_config), "dataset": data_record})
+            run_directory.record_environment(run_dir, step, extra=data_change)
         jit_kwargs, batch_sharding = {}, None
         if mesh is None:
             arrays = buffer.to_device(arrays)
@@ -295,44 +334,55 @@ def train(config: TrainConfig, agent_config, parallel_mode: str = "none") -> dic
             log_dir, config.steps, step, config.progress, resumed=config.resume)))
         if config.resume and start is None:
             logger.write(f"{run_dir}: no checkpoint yet; training from step 0.")
-        if note := lr_schedule_note(config, agent_config):
-            logger.write(note)
+        for note in (data_note, lr_schedule_note(config, agent_config)):
+            if note:
+                logger.write(note)
         chunks, act_fn = {}, jax.jit(agent.act)
         protocol = eval_protocol(config.agent, agent_config, config)
         meta = {"config": config_dict(config, agent_config), "normalizer": norm.to_dict(),
                 "dataset": {"id": data.dataset_id, "obs_keys": list(data.obs_keys),
                             "obs_dim": data.obs_dim, "action_dim": data.act_dim}}
-        while step < config.steps:
-            k = min(config.updates_per_call, config.steps - step)
-            if k not in chunks:
-                chunks[k] = jax.jit(make_train_chunk(agent, k, config.batch_size, batch_sharding),
-                                    **jit_kwargs)
-            new_state, metrics = call_chunk(chunks[k], (state, arrays, key_train), config)
-            _check_finite(metrics, step, ckpt)
-            state, step = new_state, step + k
-            logger.log_train(step, {name: np.mean(v) for name, v in metrics.items()})
-            last = step == config.steps
-            due_eval = (config.eval_every and step % config.eval_every == 0) or last
-            due_save = (((config.checkpoint_every and step % config.checkpoint_every == 0) or last)
-                        and jax.process_index() == 0)
-            if due_eval or due_save:  # never evaluate or save non-finite parameters
-                check_state_finite(state, step, ckpt)
-            score = None
-            if due_eval:
-                result = run_evaluation(act_fn, config.agent, state, data, norm, envs, config,
-                                        step)
-                entry = record.add(step, result, protocol)
-                logger.log_eval(step, entry)
-                score = entry.get("normalized_score", entry["return_mean"])
-                metric = "normalized_score" if "normalized_score" in entry else "return_mean"
-                logger.write(f"step {step}: {metric.replace('_', ' ')} "
-                             f"{evaluation.format_score(entry, metric)}"
-                             f"{evaluation.format_success(entry)}")
-            if due_save:
-                logger.flush()  # the events up to a checkpoint are on disk before it exists
-                ckpt.save(step, parallel.to_host({"state": state, "rng": key_train}),
-                          {**meta, "eval_history": record.history, "finite": True}, score=score)
-            logger.reset_timer()
+        done = (step, state)  # the last step whose logs and evaluations are complete
+        try:
+            while step < config.steps:
+                k = min(config.updates_per_call, config.steps - step)
+                if k not in chunks:
+                    chunks[k] = jax.jit(make_train_chunk(agent, k, config.batch_size,
+                                                         batch_sharding), **jit_kwargs)
+                new_state, metrics = call_chunk(chunks[k], (state, arrays, key_train), config)
+                _check_finite(metrics, step, ckpt)
+                state, step = new_state, step + k
+                logger.log_train(step, {name: np.mean(v) for name, v in metrics.items()})
+                last = step == config.steps
+                due_eval = (config.eval_every and step % config.eval_every == 0) or last
+                due_save = (((config.checkpoint_every and step % config.checkpoint_every == 0)
+                             or last) and jax.process_index() == 0)
+                if due_eval or due_save:  # never evaluate or save non-finite parameters
+                    check_state_finite(state, step, ckpt)
+                score = None
+                if due_eval:
+                    result = run_evaluation(act_fn, config.agent, state, data, norm, envs, config,
+                                            step)
+                    entry = record.add(step, result, protocol)
+                    logger.log_eval(step, entry)
+                    score = entry.get("normalized_score", entry["return_mean"])
+                    metric = "normalized_score" if "normalized_score" in entry else "return_mean"
+                    logger.write(f"step {step}: {metric.replace('_', ' ')} "
+                                 f"{evaluation.format_score(entry, metric)}"
+                                 f"{evaluation.format_success(entry)}")
+                if due_save:
+                    with interrupts.deferred():  # a checkpoint is written whole or not at all
+                        logger.flush()  # the events up to a checkpoint are on disk before it
+                        ckpt.save(step, parallel.to_host({"state": state, "rng": key_train}),
+                                  {**meta, "eval_history": record.history, "finite": True},
+                                  score=score)
+                logger.reset_timer()
+                done = (step, state)
+        except KeyboardInterrupt as err:
+            at, state = done
+            note = save_interrupted([ckpt], at, {"state": state, "rng": key_train}, [meta],
+                                    [record.history], [logger])
+            raise interrupted_training(err, config, parallel_mode, at, note) from None
     return {"run_dir": str(run_dir), "steps": step, "wall_time_s": time.perf_counter() - start_time,
             "eval": record.summary(), "checkpoints": str(ckpt.directory)}
 
@@ -349,6 +399,93 @@ def call_chunk(chunk, args: tuple, config: TrainConfig) -> tuple:
                                           config.updates_per_call)) is not None:
             raise oom from None
         raise
+
+
+def save_interrupted(ckpts: list, step: int, tree: dict, metas: list, histories: list,
+                     loggers: list, stacked: bool = False) -> str:
+    """After an interrupt: checkpoint ``tree`` (``{"state", "rng"}`` at ``step``, the last step
+    whose logs and evaluations are complete; with ``stacked``, leaves ``(seeds, ...)`` of which
+    seed ``i`` goes to ``ckpts[i]``) in every manager of ``ckpts``, unless it is step 0 or a
+    checkpoint at or after ``step`` exists.
+
+    Written with further interrupts held, each whole or not at all, with the evaluations up to
+    ``step``: those of the step the interrupt cut short belong to the abandoned attempt, as do the
+    logs after ``step``, which a resume drops. Returns ``""``, or why ``step`` was not saved:
+    non-finite values, or a write the file system refused (then no seed keeps it).
+    """
+    latest = ckpts[0].latest_step()
+    if step == 0 or (latest is not None and latest >= step) or jax.process_index() != 0:
+        return ""
+    with interrupts.deferred():
+        try:
+            check_state_finite(tree["state"], step, ckpts[0])
+        except TrainingDivergedError:
+            return f"step {step} was not saved (non-finite values)"
+        host = parallel.to_host(tree)
+        try:
+            for i, ckpt in enumerate(ckpts):
+                kept = [e for e in histories[i] if e["gradient_step"] <= step]
+                score = next((e.get("normalized_score", e["return_mean"]) for e in kept
+                              if e["gradient_step"] == step), None)
+                loggers[i].flush()  # the events up to a checkpoint are on disk before it
+                ckpt.save(step, jax.tree.map(lambda x, i=i: x[i], host) if stacked else host,
+                          {**metas[i], "eval_history": kept, "finite": True, "interrupted": True},
+                          score=score)
+        except files.WriteError as err:
+            for ckpt in ckpts:  # the seeds keep their checkpoint steps in common
+                ckpt.discard_after(step - 1)
+            return f"step {step} could not be saved ({err.cause})"
+    return ""
+
+
+def resume_args(config: TrainConfig, parallel_mode: str = "none",
+                seeds: tuple[int, ...] | None = None) -> tuple[str, ...]:
+    """The ``experiments/train.py`` arguments that resume the run of ``config`` (its
+    ``config.json`` holds the rest): ``[--seeds S] --name N | --run-dir D [--parallel P]
+    --resume``."""
+    args = ("--seeds", format_seeds(seeds)) if seeds else ()
+    args += ("--run-dir", str(config.run_dir)) if config.run_dir else ("--name", config.name)
+    if parallel_mode != "none":
+        args += ("--parallel", parallel_mode)
+    return args + ("--resume",)
+
+
+def format_seeds(seeds) -> str:
+    """``"0-4"`` for consecutive seeds, else ``"0,3,5"`` (as ``--seeds`` takes them)."""
+    seeds = [int(s) for s in seeds]
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def interrupted_training(err: BaseException, config: TrainConfig, parallel_mode: str = "none",
+                         step: int | None = None, note: str = "",
+                         seeds: tuple[int, ...] | None = None) -> interrupts.Interrupted:
+    """The :class:`cdp_jax.interrupts.Interrupted` of a run stopped by ``err``: ``interrupted at
+    step S of N; last checkpoint kept: step C (<run>/checkpoints); resume with: python
+    experiments/train.py ... --resume``.
+
+    ``step``: the last step completed (default, and at least: the last checkpoint's); ``note``:
+    why that step was not saved; ``seeds``: a ``--seeds`` run's seeds (checkpoints under
+    ``<run>/seed_<k>/checkpoints``). A run stopped before its ``config.json`` was written has
+    nothing to resume: the line says to start it again.
+    """
+    run = config.path / f"seed_{seeds[0]}" if seeds else config.path
+    kept = checkpoint.list_steps(run / "checkpoints")
+    kept = kept[-1] if kept else None
+    signum = interrupts.signal_of(err)
+    text = f"interrupted at step {max(step or 0, kept or 0)} of {config.steps}"
+    if signum != interrupts.SIGNALS[0]:
+        text += f" ({interrupts.describe_signal(signum)})"
+    text += f"; {note}" if note else ""
+    where = config.path / "seed_*" / "checkpoints" if seeds else run / "checkpoints"
+    text += (f"; last checkpoint kept: step {kept} ({where})" if kept is not None else
+             "; no checkpoint was written")
+    if (run / "config.json").is_file():
+        then = interrupts.Then("resume with", resume_args(config, parallel_mode, seeds))
+    else:
+        then = interrupts.Then("start it again with")
+    return interrupts.Interrupted(text, signum=signum, then=then)
 
 
 def resume_step(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> int | None:

@@ -18,8 +18,13 @@ evaluations started). ``--reset-seeds`` gives the reset seed of every episode in
 number of episodes): two runs evaluated with the same ``--reset-seeds`` play from the same start
 states. The record lists each episode's reset seed (``reset_seeds``).
 
+When the run's dataset holds other content than it was trained on (rebuilt under the same id),
+a ``warning:`` line says so: the policy is evaluated as trained, but normalised scores use the
+new dataset's reference scores.
+
 Errors in the input (a missing run, a bad ``--checkpoint``, a damaged checkpoint, an invalid
-value) are printed as one ``error: ...`` line with exit status 2.
+value) are printed as one ``error: ...`` line with exit status 2. An interrupt (Ctrl-C, SIGTERM)
+is one line, exit status 130; nothing is written then (the result file appears only whole).
 """
 
 from __future__ import annotations
@@ -121,8 +126,15 @@ def main(argv=None) -> int:
     fields.apply_overrides(saved_agent, overrides).validate()  # refused before JAX starts
     import jax  # noqa: PLC0415
 
-    from cdp_jax import checkpoint, evaluation, run_config, training  # noqa: PLC0415
-    from cdp_jax.data import minari  # noqa: PLC0415
+    from cdp_jax import (  # noqa: PLC0415
+        checkpoint,
+        evaluation,
+        interrupts,
+        run_config,
+        run_directory,
+        training,
+    )
+    from cdp_jax.data import fingerprint, minari  # noqa: PLC0415
 
     try:
         step = run_config.checkpoint_step(args.run_dir, args.checkpoint)
@@ -134,6 +146,16 @@ def main(argv=None) -> int:
         config, agent_config, state, norm, meta = run_config.load_policy(args.run_dir, step)
     except checkpoint.CheckpointError as err:
         raise checkpoint.CheckpointError(f"{err} Choose one with --checkpoint STEP.") from None
+    if (recorded := run_directory.recorded_dataset(args.run_dir)) is not None:
+        now = fingerprint.changed(recorded, lambda: minari.load(
+            config.dataset, fraction=config.episode_fraction, num_episodes=config.num_episodes,
+            seed=config.seed))  # as the run loaded it
+        if now is not None:
+            print(f"warning: the dataset {config.dataset} changed since {args.run_dir} was "
+                  f"trained on it (recorded: {run_directory.describe_dataset(recorded)}; now: "
+                  f"{run_directory.describe_dataset(now)}): the policy is evaluated as trained, "
+                  "but normalised scores use the new dataset's reference scores.",
+                  file=sys.stderr, flush=True)
     agent_config = fields.apply_overrides(agent_config, overrides).validate()
     state = state.replace(config=agent_config)
     run_overrides = {k: v for k, v in (("eval_episodes", args.episodes), ("eval_envs", args.envs),
@@ -141,17 +163,30 @@ def main(argv=None) -> int:
                      if v is not None}
     config = dataclasses.replace(config, **run_overrides).validate()
 
-    data = minari.load(config.dataset, num_episodes=1)  # metadata: env spec, reference scores
-    envs = training.make_eval_envs(data, config)
-    agent = training.get_agent(config.agent)
+    entry = None
     try:
-        result = training.run_evaluation(jax.jit(agent.act), config.agent, state, data, norm,
-                                         envs, config, meta["step"], args.reset_seeds)
-    finally:
-        envs.close()
-    protocol = training.eval_protocol(config.agent, agent_config, config)
-    record = evaluation.EvalRecord(out, average_last=1)
-    entry = record.add(meta["step"], result, protocol)
+        data = minari.load(config.dataset, num_episodes=1)  # metadata: env spec, ref. scores
+        envs = training.make_eval_envs(data, config)
+        agent = training.get_agent(config.agent)
+        try:
+            result = training.run_evaluation(jax.jit(agent.act), config.agent, state, data, norm,
+                                             envs, config, meta["step"], args.reset_seeds)
+        finally:
+            envs.close()
+        protocol = training.eval_protocol(config.agent, agent_config, config)
+        record = evaluation.EvalRecord(out, average_last=1)
+        with interrupts.deferred():  # the result file is written whole
+            entry = record.add(meta["step"], result, protocol)
+    except KeyboardInterrupt as err:
+        what = (f"interrupted while evaluating {args.run_dir} (checkpoint step {meta['step']}, "
+                f"{config.eval_episodes} episodes)")
+        if entry is not None:  # it arrived while the result was written, which went first
+            raise interrupts.Interrupted(f"{what}, once done: the result is in {out}",
+                                         signum=interrupts.signal_of(err)) from None
+        kept = "the earlier one is unchanged" if out.exists() else "not written"
+        raise interrupts.Interrupted(
+            f"{what}: nothing was written ({out}: {kept})", signum=interrupts.signal_of(err),
+            then=interrupts.Then("run it again with")) from None
     key = "normalized_score" if "normalized_score" in entry else "return_mean"
     print(json.dumps({k: v for k, v in entry.items() if k not in evaluation.PER_EPISODE},
                      indent=2))

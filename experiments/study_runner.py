@@ -7,7 +7,9 @@ each, all seeds of a cell trained as one vmapped program), then
 
 * :func:`run_cells` trains every unfinished cell (``seeds.json`` absent); a cell interrupted in the
   middle continues from its seeds' latest checkpoint (``train.py --resume``), and a failed cell does
-  not stop the others;
+  not stop the others. An interrupt of the study (Ctrl-C, or SIGTERM sent to the study alone) is
+  forwarded to the cell's ``train.py``, which checkpoints where it stands; then the study stops
+  with one line naming the cell and the command that resumes the study (exit status 130);
 * :func:`diagnose_finished` writes the contraction diagnostics of every finished cell
   (``study_diagnostics.py``);
 * :func:`collect` writes ``<out>/<study>.json``: per-seed evaluations, learning curves, training
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import study_diagnostics
 
-from cdp_jax import files
+from cdp_jax import files, interrupts
 from cdp_jax.configs import fields
 from cdp_jax.configs import train as train_config
 
@@ -123,14 +125,44 @@ def run_cell(cell: Cell, args) -> float | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     log_path = cell.log_path(args)
+    signum = None
     with open(log_path, "a" if resume else "w") as log:
         if resume:
             log.write(f"\n--- resumed: {' '.join(command)}\n")
             log.flush()
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); see {log_path}")
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            returncode = proc.wait()
+        except KeyboardInterrupt as err:  # forwarded: train.py checkpoints where it stands
+            signum = interrupts.signal_of(err)
+            if proc.poll() is None:
+                proc.send_signal(signum)
+            returncode = proc.wait()  # repeated interrupts are ignored meanwhile
+    if signum is not None or returncode == interrupts.EXIT_INTERRUPTED:
+        raise interrupted_cell(cell, log_path, returncode, signum)
+    if returncode != 0:
+        raise RuntimeError(f"cell {cell.name} failed (exit {returncode}); see {log_path}")
     return time.perf_counter() - start
+
+
+def interrupted_cell(cell: Cell, log_path: Path, returncode: int,
+                     signum: int | None) -> interrupts.Interrupted:
+    """The study's line for an interrupt during ``cell``: where its ``train.py`` stopped (the
+    interrupt line it printed last in its log) and the study's own command to resume it all."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    said = next((line for line in reversed(lines) if line.startswith("interrupted at step")),
+                None)
+    if said is not None:
+        detail = said.split("; resume with:")[0].removeprefix("interrupted ")
+    else:
+        detail = f"train.py stopped (exit status {returncode})"
+    return interrupts.Interrupted(
+        f"interrupted in cell {cell.name}: {detail}; log: {log_path}",
+        signum=signum if signum is not None else interrupts.SIGNALS[0],
+        then=interrupts.Then("resume the study with"))
 
 
 def run_cells(label: str, cells: list[Cell], args) -> None:
@@ -181,7 +213,8 @@ def run_solver_step_evals(cells: list[Cell], args) -> None:
                     record = {k: result[k] for k in ("normalized_score", "success_rate")}
                     record.update(gradient_step=meta["step"], sampler_steps=n,
                                   episodes=config.eval_episodes)
-                    (seed_dir / f"solver{n}.json").write_text(json.dumps(record))
+                    # whole or not at all: an interrupted study skips what exists
+                    files.write_json(seed_dir / f"solver{n}.json", record, indent=None)
             finally:
                 envs.close()
             print(f"  {seed_dir}: solver steps {todo} evaluated", flush=True)

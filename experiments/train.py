@@ -127,6 +127,9 @@ def parse_args(argv=None):
                         help="multi-host: jax.distributed.initialize() before anything else")
     parser.add_argument("--build-steps", type=fields.positive_int, default=200_000,
                         help="environment steps recorded if a local PointMaze dataset is built")
+    parser.add_argument("--accept-changed-data", action="store_true",
+                        help="with --resume: continue although the dataset's content changed "
+                             "since the run started (recorded in the run's environment.json)")
     return parser.parse_args(argv)
 
 
@@ -211,7 +214,8 @@ def main(argv=None) -> int:
             print(f"note: {note}", flush=True)
     ensure_dataset(config.dataset, args.build_steps)
     if seeds is not None:
-        summary = multi_seed.train_seeds(config, agent_config, seeds, args.parallel)
+        summary = multi_seed.train_seeds(config, agent_config, seeds, args.parallel,
+                                         accept_changed_data=args.accept_changed_data)
         for seed, ev in summary["eval"].items():
             print(f"seed {seed}: {ev['metric']} (last, step {ev['last']['gradient_step']}) "
                   f"{evaluation.format_score(ev['last'], ev['metric'])}"
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
               f" (std); run directories: {summary['run_dir']}/seed_<k>/, summary in seeds.json")
         print(f"wall time: {time.perf_counter() - start:.0f} s")
         return 0
-    summary = training.train(config, agent_config, args.parallel)
+    summary = training.train(config, agent_config, args.parallel,
+                             accept_changed_data=args.accept_changed_data)
     ev = summary["eval"]
     if not ev:  # a resumed run that was already at --steps and has no evaluation yet
         print(f"nothing to train: {summary['run_dir']} is at step {summary['steps']} = --steps; "

@@ -55,13 +55,24 @@ def test_grids_match_the_issue():
 
 
 def _fake_subprocess_run(monkeypatch, fake) -> None:
-    """The study runner's ``subprocess.run`` becomes ``fake``; only the runner's: patching the
-    ``subprocess`` module itself would also catch the library's own calls (its git query)."""
+    """The study runner's ``subprocess.run`` (and ``Popen``, with which it starts train.py)
+    become ``fake``; only the runner's: patching the ``subprocess`` module itself would also
+    catch the library's own calls (its git query)."""
     import subprocess
     import types
 
+    class Popen:  # runs ``fake`` to its end at once
+        def __init__(self, command, stdout, **kwargs):
+            self.returncode = fake(command, stdout, **kwargs).returncode
+
+        def wait(self):
+            return self.returncode
+
+        poll = wait
+
     monkeypatch.setattr(study_runner, "subprocess", types.SimpleNamespace(
-        run=fake, STDOUT=subprocess.STDOUT, CompletedProcess=subprocess.CompletedProcess))
+        run=fake, Popen=Popen, STDOUT=subprocess.STDOUT,
+        CompletedProcess=subprocess.CompletedProcess))
 
 
 def _train_in_this_process(command, stdout, **kwargs):

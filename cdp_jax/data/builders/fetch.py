@@ -39,6 +39,7 @@ from cdp_jax.data.builders.writer import (
     check_target,
     directory_size,
     episode_buffer,
+    reported_interrupts,
     write_dataset,
 )
 from cdp_jax.data.minari import _register_robotics
@@ -301,34 +302,35 @@ def build(task: str = "pickandplace", num_demos: int = 200, seed: int = 0,
     env_id(task)
     dataset_id = dataset_id or f"cdp/fetch/{task}-v0"
     check_target(dataset_id, overwrite)
-    env, episodes, stats = collect(task, num_demos, seed, action_noise=action_noise,
-                                   keep_failures=keep_failures, progress=progress)
-    if stage is not None:
-        stage("reference scores")
-    ref_seed = seed + 10_000_000  # evaluation-style seeds, disjoint from the demonstrations
-    ref_min = reference_returns(task, "random", num_reference_episodes, ref_seed)
-    ref_max = reference_returns(task, "controller", num_reference_episodes, ref_seed)
-    if stage is not None:
-        stage("writing")
-    path = write_dataset(
-        dataset_id, episodes, env=env, eval_env=env,
-        ref_min_score=ref_min["return_mean"], ref_max_score=ref_max["return_mean"],
-        overwrite=overwrite, algorithm_name="scripted waypoint controller + Gaussian action noise",
-        description=(
-            f"{env_id(task)} scripted demonstrations: {len(episodes)} "
-            f"{'episodes' if keep_failures else 'successful episodes'} of 50 steps from a "
-            f"phase-based waypoint controller with action noise std {action_noise} "
-            f"(expert success rate {stats['success_rate']:.3f} over {stats['attempts']} "
-            f"attempts); seed {seed}. Built by cdp_jax."
-        ),
-    )
-    env.close()
-    return {
-        "dataset_id": dataset_id, "path": str(path), "num_episodes": len(episodes),
-        "num_steps": int(sum(len(e.actions) for e in episodes)), **stats,
-        "size_bytes": directory_size(path),
-        "ref_min_score": ref_min["return_mean"], "ref_max_score": ref_max["return_mean"],
-        "random_success_rate": ref_min["success_rate"],
-        "controller_success_rate": ref_max["success_rate"],
-        "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
-    }
+    with reported_interrupts(dataset_id):  # one line, saying what was written
+        env, episodes, stats = collect(task, num_demos, seed, action_noise=action_noise,
+                                       keep_failures=keep_failures, progress=progress)
+        if stage is not None:
+            stage("reference scores")
+        ref_seed = seed + 10_000_000  # evaluation-style seeds, disjoint from the demonstrations
+        ref_min = reference_returns(task, "random", num_reference_episodes, ref_seed)
+        ref_max = reference_returns(task, "controller", num_reference_episodes, ref_seed)
+        if stage is not None:
+            stage("writing")
+        path = write_dataset(
+            dataset_id, episodes, env=env, eval_env=env,
+            ref_min_score=ref_min["return_mean"], ref_max_score=ref_max["return_mean"],
+            overwrite=overwrite, algorithm_name="scripted waypoint controller + Gaussian action noise",
+            description=(
+                f"{env_id(task)} scripted demonstrations: {len(episodes)} "
+                f"{'episodes' if keep_failures else 'successful episodes'} of 50 steps from a "
+                f"phase-based waypoint controller with action noise std {action_noise} "
+                f"(expert success rate {stats['success_rate']:.3f} over {stats['attempts']} "
+                f"attempts); seed {seed}. Built by cdp_jax."
+            ),
+        )
+        env.close()
+        return {
+            "dataset_id": dataset_id, "path": str(path), "num_episodes": len(episodes),
+            "num_steps": int(sum(len(e.actions) for e in episodes)), **stats,
+            "size_bytes": directory_size(path),
+            "ref_min_score": ref_min["return_mean"], "ref_max_score": ref_max["return_mean"],
+            "random_success_rate": ref_min["success_rate"],
+            "controller_success_rate": ref_max["success_rate"],
+            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
+        }

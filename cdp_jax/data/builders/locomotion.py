@@ -58,12 +58,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cdp_jax import files
+from cdp_jax import files, interrupts
 from cdp_jax.data.builders import behaviour
 from cdp_jax.data.builders.writer import (
     check_target,
     directory_size,
     episode_buffer,
+    reported_interrupts,
     write_dataset,
 )
 
@@ -111,10 +112,22 @@ def train_behaviour(env: str, policy_dir: str | Path, num_steps: int = 1_000_000
         raise FileExistsError(f"{policy_dir} already holds a training run; choose another "
                               "--policy-dir, delete it, or resume it (--resume).")
     start, start_cpu = time.perf_counter(), time.process_time()
-    _, evaluations = sac_train.train(env_id(env), config, num_steps, seed, out_dir=policy_dir,
-                                     eval_every=eval_every, eval_episodes=eval_episodes,
-                                     record_transitions=True, progress=progress, log=log,
-                                     resume=resume)
+    try:
+        _, evaluations = sac_train.train(env_id(env), config, num_steps, seed,
+                                         out_dir=policy_dir, eval_every=eval_every,
+                                         eval_episodes=eval_episodes, record_transitions=True,
+                                         progress=progress, log=log, resume=resume)
+    except KeyboardInterrupt as err:
+        from cdp_jax import checkpoint  # noqa: PLC0415
+
+        kept = checkpoint.list_steps(policy_dir / "state")
+        where = (f"its last state checkpoint is kept: env step {kept[-1]} ({policy_dir / 'state'})"
+                 if kept else "it had written no state checkpoint yet")
+        raise interrupts.Interrupted(
+            f"interrupted: SAC training of {env} in {policy_dir} stopped; {where}",
+            signum=interrupts.signal_of(err),
+            then=interrupts.Then("resume with", extra=("--resume",)) if kept else
+            interrupts.Then("start it again with")) from None
     return {"policy_dir": str(policy_dir), "evaluations": evaluations,
             "seconds": time.perf_counter() - start,
             "cpu_seconds": time.process_time() - start_cpu}
@@ -656,75 +669,77 @@ def build(env: str, kind: str, policy_dir: str | Path, num_steps: int | None = 1
     if kind != "medium-replay" and (num_steps is None or num_steps < 1):
         raise ValueError(f"num_steps must be >= 1 for {kind}, got {num_steps}")
     check_target(dataset_id, overwrite)
-    policy_dir = Path(policy_dir)
-    if reference is not None and kind not in ("medium", "medium-replay"):
-        raise ValueError(f"{kind} needs the expert snapshot itself; a reference record only "
-                         "builds medium and medium-replay")
-    shipped = behaviour.is_shipped(policy_dir)
-    if shipped:
-        _check_shipped(policy_dir, env, kind, reference)
-    selection = select_policies(policy_dir, medium_fraction=medium_fraction,
-                                medium_step=medium_step, expert_step=expert_step,
-                                reference=reference, expert_by=expert_by, env=env,
-                                on_sampled=on_sampled)
-    if reference is not None:
-        refs = {k: reference[k] for k in REFERENCE_FIELDS if k != "env"}
-    elif shipped:
-        refs = behaviour.read_manifest(policy_dir)["reference_scores"]
-    else:
-        refs = reference_scores(env, policy_dir, selection["expert_step"],
-                                num_random_episodes=num_random_episodes,
-                                num_expert_episodes=num_expert_episodes)
-    episodes = []
-    if kind == "medium-replay":
-        episodes = replay_episodes(policy_dir, selection["medium_step"], num_steps,
-                                   progress=progress)
-    for which, offset in (("medium", 0), ("expert", 1)):
-        if kind in (which, "medium-expert"):
-            step = selection[f"{which}_step"]
-            state, _ = (behaviour.load_actor_at_step(policy_dir, step) if shipped
-                        else sac_train.load_actor(policy_dir, step))
-            episodes += rollouts(state, env, num_steps, seed + offset, num_envs=num_envs,
-                                 progress=progress)
-    buffers = [episode_buffer(i, ep["observations"], ep["actions"], ep["rewards"],
-                              ep["terminations"], ep["truncations"], seed=ep["seed"])
-               for i, ep in enumerate(episodes)]
-    returns = [float(np.sum(ep["rewards"])) for ep in episodes]
-    recipe = {
-        "medium": f"{num_steps} steps of the medium SAC policy (snapshot at env step "
-                  f"{selection['medium_step']}, evaluation return {selection['medium_return']:.1f}"
-                  "), actions sampled from the policy",
-        "expert": f"{num_steps} steps of the expert SAC policy (snapshot at env step "
-                  f"{selection['expert_step']}, evaluation return {selection['expert_return']:.1f}"
-                  "), actions sampled from the policy",
-        "medium-replay": f"the SAC training transitions up to the medium snapshot (env step "
-                         f"{selection['medium_step']})"
-                         + (f", last {num_steps} steps' whole episodes" if num_steps else ""),
-        "medium-expert": f"medium ({num_steps} steps, snapshot {selection['medium_step']}) then "
-                         f"expert ({num_steps} steps, snapshot {selection['expert_step']}) "
-                         "rollouts, actions sampled",
-    }[kind]
-    path = write_dataset(
-        dataset_id, buffers, env=env_id(env), eval_env=env_id(env),
-        ref_min_score=refs["ref_min_score"], ref_max_score=refs["ref_max_score"],
-        overwrite=overwrite, algorithm_name=f"SAC behaviour policies ({kind}, D4RL recipe)",
-        code_permalink="cdp_jax/data/builders/locomotion.py",
-        description=(
-            f"{env_id(env)} {kind}: {recipe}; seed {seed}. Built by cdp_jax with D4RL's recipe. "
-            f"ref_min_score = mean return of uniform random actions "
-            f"({refs['num_random_episodes']} episodes), ref_max_score = mean return of the "
-            f"expert snapshot acting deterministically ({refs['num_expert_episodes']} episodes), "
-            "so a normalised score of 100 is our expert, 0 random (measured here; D4RL's own "
-            "constants differ, see docs/DATASETS.md). Behaviour policies: behaviour_policy/."
-            + ("" if reference is None else
-               f" The expert and both reference scores are those of the full run this one "
-               f"repeats the start of: {reference.get('source', 'a reference record')}.")),
-    )
-    _copy_policies(policy_dir, path / "behaviour_policy", selection, refs)
-    return {"dataset_id": dataset_id, "path": str(path), "kind": kind,
-            "num_steps": int(sum(len(ep["actions"]) for ep in episodes)),
-            "num_episodes": len(episodes), "size_bytes": directory_size(path),
-            "ref_min_score": refs["ref_min_score"], "ref_max_score": refs["ref_max_score"],
-            **selection, "dataset_return_mean": float(np.mean(returns)),
-            "seconds": time.perf_counter() - start,
-            "cpu_seconds": time.process_time() - start_cpu}
+    with reported_interrupts(dataset_id):  # one line, saying what was written
+        policy_dir = Path(policy_dir)
+        if reference is not None and kind not in ("medium", "medium-replay"):
+            raise ValueError(f"{kind} needs the expert snapshot itself; a reference record only "
+                             "builds medium and medium-replay")
+        shipped = behaviour.is_shipped(policy_dir)
+        if shipped:
+            _check_shipped(policy_dir, env, kind, reference)
+        selection = select_policies(policy_dir, medium_fraction=medium_fraction,
+                                    medium_step=medium_step, expert_step=expert_step,
+                                    reference=reference, expert_by=expert_by, env=env,
+                                    on_sampled=on_sampled)
+        if reference is not None:
+            refs = {k: reference[k] for k in REFERENCE_FIELDS if k != "env"}
+        elif shipped:
+            refs = behaviour.read_manifest(policy_dir)["reference_scores"]
+        else:
+            refs = reference_scores(env, policy_dir, selection["expert_step"],
+                                    num_random_episodes=num_random_episodes,
+                                    num_expert_episodes=num_expert_episodes)
+        episodes = []
+        if kind == "medium-replay":
+            episodes = replay_episodes(policy_dir, selection["medium_step"], num_steps,
+                                       progress=progress)
+        for which, offset in (("medium", 0), ("expert", 1)):
+            if kind in (which, "medium-expert"):
+                step = selection[f"{which}_step"]
+                state, _ = (behaviour.load_actor_at_step(policy_dir, step) if shipped
+                            else sac_train.load_actor(policy_dir, step))
+                episodes += rollouts(state, env, num_steps, seed + offset, num_envs=num_envs,
+                                     progress=progress)
+        buffers = [episode_buffer(i, ep["observations"], ep["actions"], ep["rewards"],
+                                  ep["terminations"], ep["truncations"], seed=ep["seed"])
+                   for i, ep in enumerate(episodes)]
+        returns = [float(np.sum(ep["rewards"])) for ep in episodes]
+        recipe = {
+            "medium": f"{num_steps} steps of the medium SAC policy (snapshot at env step "
+                      f"{selection['medium_step']}, evaluation return {selection['medium_return']:.1f}"
+                      "), actions sampled from the policy",
+            "expert": f"{num_steps} steps of the expert SAC policy (snapshot at env step "
+                      f"{selection['expert_step']}, evaluation return {selection['expert_return']:.1f}"
+                      "), actions sampled from the policy",
+            "medium-replay": f"the SAC training transitions up to the medium snapshot (env step "
+                             f"{selection['medium_step']})"
+                             + (f", last {num_steps} steps' whole episodes" if num_steps else ""),
+            "medium-expert": f"medium ({num_steps} steps, snapshot {selection['medium_step']}) then "
+                             f"expert ({num_steps} steps, snapshot {selection['expert_step']}) "
+                             "rollouts, actions sampled",
+        }[kind]
+        path = write_dataset(
+            dataset_id, buffers, env=env_id(env), eval_env=env_id(env),
+            ref_min_score=refs["ref_min_score"], ref_max_score=refs["ref_max_score"],
+            overwrite=overwrite, algorithm_name=f"SAC behaviour policies ({kind}, D4RL recipe)",
+            code_permalink="cdp_jax/data/builders/locomotion.py",
+            description=(
+                f"{env_id(env)} {kind}: {recipe}; seed {seed}. Built by cdp_jax with D4RL's recipe. "
+                f"ref_min_score = mean return of uniform random actions "
+                f"({refs['num_random_episodes']} episodes), ref_max_score = mean return of the "
+                f"expert snapshot acting deterministically ({refs['num_expert_episodes']} episodes), "
+                "so a normalised score of 100 is our expert, 0 random (measured here; D4RL's own "
+                "constants differ, see docs/DATASETS.md). Behaviour policies: behaviour_policy/."
+                + ("" if reference is None else
+                   f" The expert and both reference scores are those of the full run this one "
+                   f"repeats the start of: {reference.get('source', 'a reference record')}.")),
+        )
+        with interrupts.deferred():  # the dataset's behaviour_policy/ whole
+            _copy_policies(policy_dir, path / "behaviour_policy", selection, refs)
+        return {"dataset_id": dataset_id, "path": str(path), "kind": kind,
+                "num_steps": int(sum(len(ep["actions"]) for ep in episodes)),
+                "num_episodes": len(episodes), "size_bytes": directory_size(path),
+                "ref_min_score": refs["ref_min_score"], "ref_max_score": refs["ref_max_score"],
+                **selection, "dataset_return_mean": float(np.mean(returns)),
+                "seconds": time.perf_counter() - start,
+                "cpu_seconds": time.process_time() - start_cpu}

@@ -33,6 +33,7 @@ from cdp_jax.data.builders.writer import (
     check_target,
     directory_size,
     episode_buffer,
+    reported_interrupts,
     write_dataset,
 )
 from cdp_jax.data.minari import _register_robotics
@@ -273,34 +274,35 @@ def build(
         dataset_id = f"cdp/pointmaze/{maze}{'-dense' if reward_type == 'dense' else ''}-v0"
     env_id(maze, reward_type)  # validates maze / reward_type before any work
     check_target(dataset_id, overwrite)
-    env, episodes, stats = collect(
-        maze, num_steps, seed, action_noise=action_noise, max_episode_steps=max_episode_steps,
-        reward_type=reward_type, progress=progress,
-    )
-    if stage is not None:
-        stage("reference scores")
-    ref_min = float(reference_return(maze, "random", num_reference_episodes, seed,
-                                     reward_type).mean())
-    ref_max = float(reference_return(maze, "controller", num_reference_episodes, seed + 1,
-                                     reward_type).mean())
-    if stage is not None:
-        stage("writing")
-    path = write_dataset(
-        dataset_id, episodes, env=env, eval_env=env_id(maze, reward_type),
-        ref_min_score=ref_min, ref_max_score=ref_max, overwrite=overwrite,
-        algorithm_name="BFS waypoint PD controller + Gaussian action noise",
-        description=(
-            f"PointMaze {maze} ({reward_type} reward), {num_steps} steps: BFS waypoint PD "
-            "controller "
-            f"with action noise std {action_noise}, new goal on success (truncation), episodes cut "
-            f"at {max_episode_steps} steps; seed {seed}. Built by cdp_jax."
-        ),
-    )
-    env.close()
-    return {
-        "dataset_id": dataset_id, "path": str(path), "num_steps": num_steps,
-        "num_episodes": len(episodes), "size_bytes": directory_size(path),
-        "success_rate": stats["success_rate"], "ref_min_score": ref_min, "ref_max_score": ref_max,
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - start_cpu,
-    }
+    with reported_interrupts(dataset_id):  # one line, saying what was written
+        env, episodes, stats = collect(
+            maze, num_steps, seed, action_noise=action_noise, max_episode_steps=max_episode_steps,
+            reward_type=reward_type, progress=progress,
+        )
+        if stage is not None:
+            stage("reference scores")
+        ref_min = float(reference_return(maze, "random", num_reference_episodes, seed,
+                                         reward_type).mean())
+        ref_max = float(reference_return(maze, "controller", num_reference_episodes, seed + 1,
+                                         reward_type).mean())
+        if stage is not None:
+            stage("writing")
+        path = write_dataset(
+            dataset_id, episodes, env=env, eval_env=env_id(maze, reward_type),
+            ref_min_score=ref_min, ref_max_score=ref_max, overwrite=overwrite,
+            algorithm_name="BFS waypoint PD controller + Gaussian action noise",
+            description=(
+                f"PointMaze {maze} ({reward_type} reward), {num_steps} steps: BFS waypoint PD "
+                "controller "
+                f"with action noise std {action_noise}, new goal on success (truncation), episodes cut "
+                f"at {max_episode_steps} steps; seed {seed}. Built by cdp_jax."
+            ),
+        )
+        env.close()
+        return {
+            "dataset_id": dataset_id, "path": str(path), "num_steps": num_steps,
+            "num_episodes": len(episodes), "size_bytes": directory_size(path),
+            "success_rate": stats["success_rate"], "ref_min_score": ref_min, "ref_max_score": ref_max,
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - start_cpu,
+        }

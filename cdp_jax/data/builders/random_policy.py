@@ -18,6 +18,7 @@ from cdp_jax.data.builders.writer import (
     check_target,
     directory_size,
     episode_buffer,
+    reported_interrupts,
     write_dataset,
 )
 
@@ -94,18 +95,19 @@ def build(
     if dataset_id is None:
         dataset_id = f"cdp/{env_id.split('-v')[0].lower()}/random-v0"
     check_target(dataset_id, overwrite)
-    env, episodes = collect(env_id, num_steps, seed, max_episode_steps=max_episode_steps,
-                            env_kwargs=env_kwargs, progress=progress)
-    path = write_dataset(
-        dataset_id, episodes, env=env, eval_env=env.spec, ref_min_score=ref_min_score,
-        ref_max_score=ref_max_score, overwrite=overwrite, algorithm_name="uniform random policy",
-        description=f"{env_id}: {num_steps} steps of uniform random actions, seed {seed}. "
-                    "Built by cdp_jax.",
-    )
-    env.close()
-    return {
-        "dataset_id": dataset_id, "path": str(path), "num_steps": num_steps,
-        "num_episodes": len(episodes), "size_bytes": directory_size(path),
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - start_cpu,
-    }
+    with reported_interrupts(dataset_id):  # one line, saying what was written
+        env, episodes = collect(env_id, num_steps, seed, max_episode_steps=max_episode_steps,
+                                env_kwargs=env_kwargs, progress=progress)
+        path = write_dataset(
+            dataset_id, episodes, env=env, eval_env=env.spec, ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score, overwrite=overwrite, algorithm_name="uniform random policy",
+            description=f"{env_id}: {num_steps} steps of uniform random actions, seed {seed}. "
+                        "Built by cdp_jax.",
+        )
+        env.close()
+        return {
+            "dataset_id": dataset_id, "path": str(path), "num_steps": num_steps,
+            "num_episodes": len(episodes), "size_bytes": directory_size(path),
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - start_cpu,
+        }

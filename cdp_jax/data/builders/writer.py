@@ -14,6 +14,12 @@ A build that will not fit (estimated from the arrays before anything is written:
 interpreter when a write fails for want of space) or that the file system refuses raises
 :class:`cdp_jax.files.WriteError`; nothing is left under the datasets root, and a dataset being
 replaced stays as it was.
+
+An interrupt (Ctrl-C, SIGTERM: :mod:`cdp_jax.interrupts`) is reported in the same terms: a builder
+runs its work inside :func:`reported_interrupts`, which raises a
+:class:`cdp_jax.interrupts.Interrupted` saying that nothing was written (and which partial files
+were removed), or, if it came once the dataset was in place, that the dataset is complete; the
+moves that put a dataset in place are never cut in two.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdp_jax import files
+from cdp_jax import files, interrupts
 
 try:
     import fcntl
@@ -138,6 +144,40 @@ def _read_owner(scratch: Path) -> dict:
     return owner if isinstance(owner, dict) else {}
 
 
+@contextlib.contextmanager
+def reported_interrupts(dataset_id: str) -> Iterator[None]:
+    """Run a build of ``dataset_id`` (call :func:`check_target` first): an interrupt in the body
+    becomes an :class:`cdp_jax.interrupts.Interrupted` whose line says what is on disk (nothing
+    new, unless the dataset was already moved into place) and to run the build again."""
+    from minari.storage import get_dataset_path
+
+    final = Path(get_dataset_path()) / dataset_id
+    before = _identity(final)
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if isinstance(err, interrupts.Interrupted) and err.message:
+            raise
+        signum = interrupts.signal_of(err)
+        if _identity(final) not in (None, before):
+            raise interrupts.Interrupted(
+                f"interrupted once {dataset_id!r} was written whole ({final}); what the build "
+                "still had to do afterwards was not done", signum=signum) from None
+        raise interrupts.Interrupted(
+            f"interrupted while building {dataset_id!r}: nothing was written "
+            f"({'the existing dataset is unchanged' if before else 'no dataset at ' + str(final)})",
+            signum=signum, then=interrupts.Then("run it again with")) from None
+
+
+def _identity(path: Path) -> tuple | None:
+    """What tells a directory replaced by another apart (inode and change time), or ``None``."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_ctime_ns
+
+
 def episode_buffer(
     episode_id: int,
     observations,
@@ -238,8 +278,10 @@ def write_dataset(
             else "Nothing was written.")
     episodes = list(episodes)
     _check_free_space(root, final, episodes, kept)
+    partial = None
     try:
         with _scratch_directory(root, dataset_id) as scratch:
+            partial = scratch
             with _datasets_root(scratch), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", category=UserWarning, module="minari")
                 create_dataset_from_buffers(
@@ -264,16 +306,26 @@ def write_dataset(
                         (root / level).parent.mkdir(parents=True, exist_ok=True)
                         files.write_text(root / level, (scratch / level).read_text())
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                # Move the old dataset aside first so the id always names a complete dataset.
-                os.replace(final, scratch / "previous")
-                try:
+            with interrupts.deferred():  # both moves or neither
+                if final.exists():
+                    # Move the old dataset aside first so the id always names a complete dataset.
+                    os.replace(final, scratch / "previous")
+                    try:
+                        os.replace(scratch / dataset_id, final)
+                    except BaseException:
+                        os.replace(scratch / "previous", final)  # back, before scratch goes
+                        raise
+                else:
                     os.replace(scratch / dataset_id, final)
-                except OSError:
-                    os.replace(scratch / "previous", final)  # back, before scratch is removed
-                    raise
-            else:
-                os.replace(scratch / dataset_id, final)
+                partial = None
+    except KeyboardInterrupt as err:
+        if partial is None or (isinstance(err, interrupts.Interrupted) and err.message):
+            raise  # in place (or not begun): reported_interrupts says so
+        raise interrupts.Interrupted(
+            f"interrupted while writing {dataset_id!r}: nothing was written (its partial files "
+            f"were removed with {partial}; "
+            f"{'the existing dataset is unchanged' if final.exists() else 'no dataset at ' + str(final)})",
+            signum=interrupts.signal_of(err), then=interrupts.Then("run it again with")) from None
     except files.WriteError as e:
         raise files.write_error(final, e, kept) from None
     except Exception as e:
