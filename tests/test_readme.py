@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -28,6 +29,8 @@ def test_readme_python_blocks_run():
             exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
     assert namespace["actions"].shape == (128, 6)
     assert namespace["mu"].shape == ()
+    assert namespace["flow_actions"].shape == (128, 6)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(namespace["grads"]))
 
 
 @pytest.mark.slow  # ~20 CPU-s, mostly compilation; test_training.py covers the loop by default
