@@ -55,8 +55,20 @@ the same start states: episode ``k`` resets its environment with seed ``100000 S
 the mean over the episodes ± its standard error (``s.e.``); the success rate only for environments
 that report success (not MuJoCo locomotion).
 
+Stopping: Ctrl-C or SIGTERM (what schedulers send) stops a run between two jitted calls with one
+line: the step it stopped at, the last checkpoint kept (the stopping step itself, saved if it
+was between checkpoints) and the command that resumes; exit status 130. A run records its
+dataset's content (``config.json``, ``"dataset"``: id, episodes, transitions, sha256 of the
+arrays); ``--resume`` refuses data that changed since, unless ``--accept-changed-data``.
+
+Speed only: a preset's ``--updates-per-call`` (K gradient steps per jitted call) that does not
+divide ``--steps``, ``--eval-every`` or ``--checkpoint-every`` is lowered to the largest K that
+does, with a note; the updates do not depend on K (step n draws from the run's key folded with
+n). A K given on the command line is kept, and refused if it does not divide them.
+
 Errors in the input (an invalid value, a missing dataset or run, a damaged checkpoint) are
-printed as one ``error: ...`` line with exit status 2.
+printed as one ``error: ...`` line with exit status 2, before JAX starts where the input alone
+shows the error.
 """
 
 from __future__ import annotations
