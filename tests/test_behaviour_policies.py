@@ -29,8 +29,9 @@ EVALS = {10_000: 1000.0, 20_000: 3000.0}  # medium = the 10k snapshot (a third o
 # through XLA's CPU code, whose last bits depend on the CPU (its vector instructions), and a
 # rollout amplifies a last-bit difference: a new CPU adds its digest here (after checking that
 # nothing else changed: the npz-equals-orbax check above holds on every machine).
-DIGESTS = {"5341069892bd190f04425ddf1baa170d4c6caae9e597f98ce168925289779467": "the previous development machine (x86-64), 2026-12-05",
-           "9b55c4c9a6cf4e6d2458c57b676cf5a26baf8566bf068a32925e736407df5188": "AMD EPYC, 2026-12-08"}
+DIGESTS = {
+    "5341069892bd190f04425ddf1baa170d4c6caae9e597f98ce168925289779467": "previous machine, 2026-12-05",
+    "9b55c4c9a6cf4e6d2458c57b676cf5a26baf8566bf068a32925e736407df5188": "AMD EPYC, 2026-12-08"}
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +224,7 @@ def test_expert_by_sampled_ranks_the_pool_by_sampled_returns(tmp_path):
 # sha256 of a 300-step medium-expert (150 + 150 steps, seed 0, 4 envs) built from the Hopper
 # policies in git, results/behaviour/hopper (medium 280k, expert 810k), per CPU as DIGESTS.
 SHIPPED_HOPPER_DIGESTS = {
-    "41063f770fc8f4b515e64c3d962ad20715481998f8dd5f9ba05c8f6ff7e236d1": "the previous development machine (x86-64), 2026-12-05",
+    "41063f770fc8f4b515e64c3d962ad20715481998f8dd5f9ba05c8f6ff7e236d1": "previous machine, 2026-12-05",
     "cbee4ec14524babae51f8c8cd1f36bba5fc253f1202a143e466ca3b2f9129cc5": "AMD EPYC, 2026-12-08"}
 
 
