@@ -101,10 +101,24 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _CPU_REPORT and _cpu_seconds:
+    """Write the CPU report. Under pytest-xdist each worker writes its tests' seconds to
+    ``<file>.<worker>`` and the controller, which runs none, merges those into ``<file>``."""
+    if not _CPU_REPORT:
+        return
+    import json
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is not None:
+        Path(f"{_CPU_REPORT}.{worker}").write_text(json.dumps(_cpu_seconds))
+        return
+    for part in sorted(Path(_CPU_REPORT).parent.glob(Path(_CPU_REPORT).name + ".gw*")):
+        _cpu_seconds.update({k: tuple(v) for k, v in json.loads(part.read_text()).items()})
+        part.unlink()
+    if _cpu_seconds:
         rows = sorted(_cpu_seconds.items(), key=lambda kv: -sum(kv[1]))
         lines = [f"{own + sub:8.2f}  {name}" + (f"  (scripts {sub:.2f})" if sub else "")
                  for name, (own, sub) in rows]
         own, sub = (sum(v[i] for v in _cpu_seconds.values()) for i in (0, 1))
-        lines.append(f"{own + sub:8.2f}  total in tests ({own:.2f} this process, {sub:.2f} scripts)")
+        lines.append(f"{own + sub:8.2f}  total in tests ({own:.2f} in the test processes, "
+                     f"{sub:.2f} scripts)")
         Path(_CPU_REPORT).write_text("\n".join(lines) + "\n")

@@ -46,7 +46,7 @@ def test_fql_gradients_go_where_fqls_go():
     frozen = jax.lax.stop_gradient(state.params)
 
     def grads(loss):
-        return jax.grad(lambda p: loss(p)[0])(state.params)
+        return jax.jit(jax.grad(lambda p: loss(p)[0]))(state.params)
 
     g_actor = grads(lambda p: fql.actor_loss(config, p, frozen, batch, draws))
     assert _tree_zero(g_actor["critic"])
@@ -56,9 +56,9 @@ def test_fql_gradients_go_where_fqls_go():
     assert _tree_zero(g_critic["actor_onestep_flow"]) and _tree_zero(g_critic["actor_bc_flow"])
     # alpha = 0 and no Q term: the behaviour flow's gradient is that of flow matching alone
     no_distill = dataclasses.replace(config, alpha=0.0)
-    g_flow = jax.grad(lambda p: fql.flow.flow_matching_loss_from_draws(
+    g_flow = jax.jit(jax.grad(lambda p: fql.flow.flow_matching_loss_from_draws(
         fql.velocity_field(config, p, 3), batch["actions"], draws["x0"], draws["t"],
-        batch["observations"])[0])(state.params)
+        batch["observations"])[0]))(state.params)
     g_all = grads(lambda p: fql.actor_loss(no_distill, p, frozen, batch, draws))
     for x, y in zip(jax.tree.leaves(g_flow["actor_bc_flow"]),
                     jax.tree.leaves(g_all["actor_bc_flow"]), strict=True):
@@ -108,7 +108,8 @@ def test_fql_config_refuses_diffusion_targets_and_bad_values():
         fql.default_config(actor_hidden_dims=())
 
 
-@pytest.mark.parametrize("network", ["fql_mlp", "mlp", "unet"])
+@pytest.mark.parametrize("network", ["fql_mlp", "mlp",
+                                     pytest.param("unet", marks=pytest.mark.slow)])
 def test_flow_bc_chunks_and_backbones(network):
     sizes = ({"hidden_dims": (16, 16)} if network == "fql_mlp"
              else {"hidden_dim": 16, "depth": 1, "time_dim": 8})
@@ -134,7 +135,9 @@ def datasets_path(tmp_path_factory):
         yield path
 
 
-@pytest.mark.parametrize("agent", ["fql", "flow_bc"])
+# fql through the loop is slow (its networks compile three ways); the loop is the same for every
+# agent, and tests/test_fql_parity.py pins fql's update.
+@pytest.mark.parametrize("agent", [pytest.param("fql", marks=pytest.mark.slow), "flow_bc"])
 def test_flow_agents_train_evaluate_and_resume_exactly(agent, datasets_path, tmp_path,
                                                        monkeypatch):
     """Through the training loop with the presets' pipeline: 20 steps straight equal 10 steps,
