@@ -2,8 +2,8 @@
 
 One training step = x0-prediction denoising loss (discrete cosine, T = 50) + optional contraction
 regulariser, its gradient and an Adam update, on :class:`cdp_jax.chunk_networks.ChunkUNet`
-(``down_dims = (h, 2h, 4h)``, FiLM on time and a 2 x 28 observation history, the Fetch setting)
-for action chunks 16 x 4 (Fetch, d = 64) and 16 x 7 (a 7-DoF arm, d = 112). Rows:
+(``down_dims = (h, 2h, 4h)`` by default, FiLM on time and a 2 x 28 observation history, the Fetch
+setting) for action chunks 16 x 4 (Fetch, d = 64) and 16 x 7 (a 7-DoF arm, d = 112). Rows:
 
 * ``vanilla``: no penalty (``ContractionConfig(weight=0)``, which costs nothing);
 * ``default``: ``ContractionConfig(weight=0.1)``: eigen, Lanczos K = 4, lowest 10% of noise levels,
@@ -30,28 +30,56 @@ import platform
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from contraction_overhead import exact_regulariser, make_step
-
-from cdp_jax import chunk_networks, contraction, schedules
+from cdp_jax.configs import fields
+from cdp_jax.configs.contraction import ContractionConfig
 
 OBS_SHAPE = (2, 28)  # Fetch: history 2 of [observation (25), desired_goal (3)]
 CHUNKS = {"16x4": (16, 4), "16x7": (16, 7)}
 
 
 def variants():
-    reg = contraction.contraction_regulariser
-    cfg = lambda **kw: contraction.ContractionConfig(weight=0.1, **kw)
+    """``name -> (ContractionConfig, exact)``; ``exact`` rows materialise the Jacobian
+    (contraction_overhead's ``exact_regulariser``), the others call
+    ``contraction.contraction_regulariser``."""
+    cfg = lambda **kw: ContractionConfig(weight=0.1, **kw)
     return {
-        "vanilla": (contraction.ContractionConfig(weight=0.0), reg),
-        "default": (cfg(), reg),
-        "eigen_K4_all_t": (cfg(num_iters=4, window=1.0, num_penalised=0.1), reg),
-        "frobenius": (cfg(penalty="frobenius", window=1.0, num_penalised=0.1), reg),
-        "exact_jacobian": (cfg(window=1.0, num_penalised=0.1), exact_regulariser),
+        "vanilla": (ContractionConfig(weight=0.0), False),
+        "default": (cfg(), False),
+        "eigen_K4_all_t": (cfg(num_iters=4, window=1.0, num_penalised=0.1), False),
+        "frobenius": (cfg(penalty="frobenius", window=1.0, num_penalised=0.1), False),
+        "exact_jacobian": (cfg(window=1.0, num_penalised=0.1), True),
     }
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=fields.positive_int, default=256)
+    parser.add_argument("--hidden", type=fields.positive_int, default=64,
+                        help="UNet base channels h (a multiple of 8: GroupNorm groups)")
+    parser.add_argument("--depth", type=fields.positive_int, default=3,
+                        help="UNet levels L: down_dims = (h, 2h, ..., 2^(L-1) h)")
+    parser.add_argument("--repeats", type=fields.positive_int, default=5)
+    parser.add_argument("--chunks", nargs="+", default=list(CHUNKS), choices=list(CHUNKS))
+    parser.add_argument("--variants", nargs="+", default=list(variants()),
+                        choices=list(variants()))
+    parser.add_argument("--forward", action="store_true", help="also time the loss alone")
+    parser.add_argument("--out", default="benchmarks/results/chunk_overhead.json")
+    args = parser.parse_args(argv)
+    if args.hidden % 8:
+        parser.error(f"argument --hidden: {args.hidden} is not a multiple of 8 (GroupNorm groups)")
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad value are answered before JAX starts
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from contraction_overhead import exact_regulariser, make_step  # noqa: E402
+
+from cdp_jax import chunk_networks, contraction, schedules  # noqa: E402
 
 
 def timed(fn, args):
@@ -79,20 +107,10 @@ def time_round_robin(fns: dict, args, repeats: int) -> dict:
                    "compile_s": compile_s[name]} for name, s in samples.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=64, help="UNet base channels h")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chunks", nargs="+", default=list(CHUNKS), choices=list(CHUNKS))
-    parser.add_argument("--variants", nargs="+", default=list(variants()),
-                        choices=list(variants()))
-    parser.add_argument("--forward", action="store_true", help="also time the loss alone")
-    parser.add_argument("--out", default="benchmarks/results/chunk_overhead.json")
-    args = parser.parse_args()
+def main(args):
     schedule = schedules.cosine(50)
     optimiser = optax.adam(1e-4)
-    model = chunk_networks.make_chunk_actor("unet", args.hidden, 3, 128)
+    model = chunk_networks.make_chunk_actor("unet", args.hidden, args.depth, 128)
     rows = []
     print(f"{'chunk':>5} {'variant':<15} {'step ms':>9} {'min ms':>9} {'x vanilla':>9}"
           f" {'cpu ms':>9} {'cpu x':>7} {'fwd ms':>9} {'compile s':>9}", flush=True)
@@ -105,7 +123,8 @@ def main():
         opt_state = optimiser.init(params)
         steps, losses = {}, {}
         for name in args.variants:
-            config, regulariser = variants()[name]
+            config, exact = variants()[name]
+            regulariser = exact_regulariser if exact else contraction.contraction_regulariser
             steps[name], losses[name] = make_step(model, schedule, optimiser, config, regulariser)
         times = time_round_robin(steps, (params, opt_state, x0, obs, key), args.repeats)
         fwd = (time_round_robin(losses, (params, x0, obs, key), args.repeats) if args.forward
@@ -144,4 +163,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -34,12 +34,8 @@ import json
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from cdp_jax import contraction, diffusion, paper, training
-from cdp_jax.agents import dbc, dql
+from cdp_jax import paper
+from cdp_jax.configs import fields
 
 NUM_ROWS = 4096
 # (m, p) pairs; m = None: every penalised sample (the exact penalty's own sample set).
@@ -50,6 +46,37 @@ GRID = {"rl": [(4, 1, "hutchinson"), (8, 1, "hutchinson"), (16, 1, "hutchinson")
                (32, 1, "hutchinson"), (64, 1, "hutchinson"), (8, 2, "hutchinson"),
                (8, 4, "hutchinson"), (512, 1, "hutchinson"), (4, 1, "jvp_pairs"),
                (8, 1, "jvp_pairs"), (16, 1, "jvp_pairs")]}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="R = 40 estimates, no training")
+    parser.add_argument("--repeats", type=fields.positive_int, default=None,
+                        help="R, estimates per cell (>= 2: the spreads are RMS over them)")
+    parser.add_argument("--train", type=fields.positive_int, default=2000,
+                        help="updates of the preset on random data before the second measurement")
+    parser.add_argument("--settings", nargs="*", default=["rl", "il"], choices=["rl", "il"])
+    estimators = sorted({row[2] for rows in GRID.values() for row in rows})
+    parser.add_argument("--estimators", nargs="*", default=[], choices=estimators,
+                        help="only these estimators (default: every row of GRID)")
+    parser.add_argument("--states", nargs="*", type=fields.nonnegative_int, default=None,
+                        help="training steps before each measurement (default: 0 and --train)")
+    parser.add_argument("--out", default="benchmarks/results/fast_penalty.json")
+    args = parser.parse_args(argv)
+    if args.repeats == 1:
+        parser.error("argument --repeats: 1 estimate has no spread; give R >= 2")
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad value are answered before JAX starts
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cdp_jax import contraction, diffusion, training  # noqa: E402
+from cdp_jax.agents import dbc, dql  # noqa: E402
 
 
 def setting(kind: str):
@@ -144,19 +171,7 @@ def measure(kind: str, train_steps: int, repeats: int, estimators=()) -> list[di
     return rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="R = 40 estimates, no training")
-    parser.add_argument("--repeats", type=int, default=None, help="R, estimates per cell")
-    parser.add_argument("--train", type=int, default=2000,
-                        help="updates of the preset on random data before the second measurement")
-    parser.add_argument("--settings", nargs="*", default=["rl", "il"], choices=["rl", "il"])
-    parser.add_argument("--estimators", nargs="*", default=[],
-                        help="only these estimators (default: every row of GRID)")
-    parser.add_argument("--states", nargs="*", type=int, default=None,
-                        help="training steps before each measurement (default: 0 and --train)")
-    parser.add_argument("--out", default="benchmarks/results/fast_penalty.json")
-    args = parser.parse_args()
+def main(args):
     repeats = args.repeats or (40 if args.quick else 200)
     states = args.states or ((0,) if args.quick else (0, args.train))
     rows = []
@@ -179,4 +194,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -42,17 +42,46 @@ import platform
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from train_throughput import count_flops
-
-from cdp_jax.agents import sac, sac_train
+from cdp_jax.configs import fields
 
 ENV_ID = "Hopper-v5"
 MATMUL_N = 2048
 ROWS = {"old": {}, "new": {}, "new/num_envs=5": {"num_envs": 5, "train_every": 10},
         "new/utd=0.5": {"updates_per_step": 0.5}, "new/utd=0.2": {"updates_per_step": 0.2}}
+CYCLE = 50  # env steps between update calls in every row (num_envs * train_every)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=fields.positive_int, default=2000,
+                        help=f"policy steps per row and round (a multiple of {CYCLE}, at least "
+                             f"{2 * CYCLE}: the rate is taken over whole update cycles)")
+    parser.add_argument("--learning-starts", type=fields.nonnegative_int, default=1000,
+                        help=f"random steps first (a multiple of {CYCLE})")
+    parser.add_argument("--repeats", type=fields.positive_int, default=3, help="timed rounds")
+    parser.add_argument("--quick", action="store_true", help="--steps 500 --repeats 1")
+    parser.add_argument("--out", default="benchmarks/results/sac_throughput.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats = 500, 1
+    if args.steps % CYCLE or args.steps < 2 * CYCLE:
+        parser.error(f"argument --steps: got {args.steps}; expected a multiple of {CYCLE}, at "
+                     f"least {2 * CYCLE} (whole update cycles)")
+    if args.learning_starts % CYCLE:
+        parser.error(f"argument --learning-starts: got {args.learning_starts}; expected a "
+                     f"multiple of {CYCLE} (one update cycle)")
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad value are answered before JAX starts
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from train_throughput import count_flops  # noqa: E402
+
+from cdp_jax.agents import sac, sac_train  # noqa: E402
 
 
 def old_train(env_id, config, num_steps, seed=0, *, eval_episodes=1, progress=None):
@@ -151,19 +180,7 @@ def old_equals_new(num_envs: int) -> bool:
                                                      strict=True))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=2000, help="policy steps per row and round")
-    parser.add_argument("--learning-starts", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
-    parser.add_argument("--quick", action="store_true", help="--steps 500 --repeats 1")
-    parser.add_argument("--out", default="benchmarks/results/sac_throughput.json")
-    args = parser.parse_args()
-    if args.quick:
-        args.steps, args.repeats = 500, 1
-    if args.steps % 50 or args.learning_starts % 50:
-        raise ValueError(f"--steps ({args.steps}) and --learning-starts ({args.learning_starts}) "
-                         "must be multiples of 50 (one update cycle).")
+def main(args):
     configs = {name: sac.default_config(learning_starts=args.learning_starts, **overrides)
                for name, overrides in ROWS.items()}
 
@@ -254,4 +271,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

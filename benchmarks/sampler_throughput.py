@@ -21,12 +21,42 @@ import platform
 import statistics
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import timing
+from cdp_jax.configs import fields, names
 
-from cdp_jax import samplers, schedules
-from cdp_jax.networks import DQLActor
+DIFFUSION_STEPS = 50  # T of the discrete cosine schedule, as the official CDP code
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="*", default=sorted(names.SAMPLERS),
+                        choices=sorted(names.SAMPLERS))
+    parser.add_argument("--batches", nargs="*", type=fields.positive_int,
+                        default=[1, 100, 1000, 10000])
+    parser.add_argument("--steps", type=fields.positive_int, default=15,
+                        help=f"sampler steps (at most T = {DIFFUSION_STEPS})")
+    parser.add_argument("--unroll", type=fields.positive_int, default=1,
+                        help="lax.scan unroll factor")
+    parser.add_argument("--repeats", type=fields.positive_int, default=30)
+    parser.add_argument("--quick", action="store_true",
+                        help="--methods ddim dpm_solver_pp_2m --repeats 5")
+    parser.add_argument("--out", default="benchmarks/results/sampler_throughput.json")
+    args = parser.parse_args(argv)
+    if args.steps > DIFFUSION_STEPS:
+        parser.error(f"argument --steps: {args.steps} exceeds the schedule's T = {DIFFUSION_STEPS}")
+    if args.quick:
+        args.methods, args.repeats = ["ddim", "dpm_solver_pp_2m"], 5
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad value are answered before JAX starts
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import timing  # noqa: E402
+
+from cdp_jax import samplers, schedules  # noqa: E402
+from cdp_jax.networks import DQLActor  # noqa: E402
 
 
 def time_calls(fn, *args, repeats: int):
@@ -54,22 +84,10 @@ def call_flops(fn, *args) -> float | None:
         return None
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="*", default=sorted(samplers.SAMPLERS))
-    parser.add_argument("--batches", nargs="*", type=int, default=[1, 100, 1000, 10000])
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--unroll", type=int, default=1, help="lax.scan unroll factor")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results/sampler_throughput.json")
-    args = parser.parse_args()
-    if args.quick:
-        args.methods, args.repeats = ["ddim", "dpm_solver_pp_2m"], 5
-
+def main(args):
     obs_dim, act_dim = 17, 6
     net = DQLActor()
-    schedule = schedules.cosine(50)  # T = 50 cosine, as the official CDP code
+    schedule = schedules.cosine(DIFFUSION_STEPS)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, act_dim)), jnp.zeros((1,), jnp.int32),
                       jnp.zeros((1, obs_dim)))
 
@@ -117,4 +135,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -38,14 +38,40 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-import timing
-
-from cdp_jax import contraction, parallel, training
-from cdp_jax.agents import dql
+from cdp_jax.configs import fields
 
 OBS_DIM, ACTION_DIM, BATCH, ROWS = 11, 3, 256, 100_000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4 updates per call, 3 repeats")
+    parser.add_argument("--updates", type=fields.positive_int, default=None,
+                        help="K updates per jitted call")
+    parser.add_argument("--repeats", type=fields.positive_int, default=None)
+    parser.add_argument("--devices", type=fields.positive_int, nargs="*", default=[1, 2, 4],
+                        help=f"(simulated) device counts, each a divisor of the batch {BATCH}")
+    parser.add_argument("--seeds", type=fields.positive_int, nargs="*", default=[1, 4, 16])
+    parser.add_argument("--worker-devices", type=fields.positive_int, default=None,
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="benchmarks/results/scaling.json")
+    args = parser.parse_args(argv)
+    for flag, counts in (("--devices", args.devices), ("--worker-devices", [args.worker_devices])):
+        for n in counts:
+            if n is not None and BATCH % n:
+                parser.error(f"argument {flag}: {n} does not divide the batch {BATCH}")
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad value are answered before JAX starts
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import timing  # noqa: E402
+
+from cdp_jax import contraction, parallel, training  # noqa: E402
+from cdp_jax.agents import dql  # noqa: E402
 
 
 def workload():
@@ -127,16 +153,7 @@ def run_device_count(n: int, updates: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="4 updates per call, 3 repeats")
-    parser.add_argument("--updates", type=int, default=None, help="K updates per jitted call")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--devices", type=int, nargs="*", default=[1, 2, 4])
-    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 4, 16])
-    parser.add_argument("--worker-devices", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", default="benchmarks/results/scaling.json")
-    args = parser.parse_args()
+def main(args):
     updates = args.updates or (4 if args.quick else 20)
     repeats = args.repeats or (3 if args.quick else 5)
     if args.worker_devices is not None:
@@ -185,4 +202,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -72,6 +72,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+# JAX-free: the command line is checked before a worker imports JAX or torch
+from cdp_jax.configs import fields
+
 REPO = Path(__file__).resolve().parent.parent
 MATMUL_N = 2048
 NUM_ROWS = 4096  # rows of the random "dataset" cdp_jax's training rows draw batches from
@@ -268,15 +271,18 @@ def main() -> None:
     parser.add_argument("--cleandiffuser", help="checkout of CleanDiffuser @ 05f17fc")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), metavar="ROW",
                         help=f"rows to run (default all; matmul is always added): {' '.join(ROWS)}")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10, help="timed units (calls) per worker")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed units per worker first")
-    parser.add_argument("--updates", type=int, default=10,
+    parser.add_argument("--rounds", type=fields.positive_int, default=3)
+    parser.add_argument("--repeats", type=fields.positive_int, default=10,
+                        help="timed units (calls) per worker")
+    parser.add_argument("--warmup", type=fields.nonnegative_int, default=2,
+                        help="untimed units per worker first")
+    parser.add_argument("--updates", type=fields.positive_int, default=10,
                         help="K: cdp_jax training steps per jitted call")
     parser.add_argument("--jax-cache", default=os.path.join(tempfile.gettempdir(),
                                                             "cdp_jax_side_by_side_cache"),
                         help="JAX persistent compilation cache ('' to disable)")
-    parser.add_argument("--worker-timeout", type=float, default=3600.0)
+    parser.add_argument("--worker-timeout", type=fields.positive_float, default=3600.0,
+                        help="seconds before a worker is stopped")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/side_by_side.json"))
     parser.add_argument("--worker", choices=("torch", "jax"), help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)
@@ -284,9 +290,6 @@ def main() -> None:
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown or (args.worker and args.row not in ROWS):
         parser.error(f"unknown row(s) {unknown or [args.row]}; rows: {' '.join(ROWS)}")
-    for field in ("rounds", "repeats", "updates"):
-        if getattr(args, field) < 1:
-            parser.error(f"--{field} must be >= 1, got {getattr(args, field)}")
     if args.worker:
         return worker(args)
     args.rows = list(dict.fromkeys([*args.rows, "matmul"]))  # this run's speed of the machine

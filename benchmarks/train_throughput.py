@@ -55,20 +55,18 @@ import platform
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import timing
-
-from cdp_jax import contraction, paper, training
-from cdp_jax.agents import dbc, dql
+from cdp_jax import paper
+from cdp_jax.configs import dbc as dbc_config
+from cdp_jax.configs import dql as dql_config
+from cdp_jax.configs import fields
+from cdp_jax.configs.contraction import ContractionConfig
 
 MATMUL_N = 2048
 NUM_ROWS = 4096  # rows of the random "dataset" the batches are drawn from
 
-PENALTY_10 = contraction.ContractionConfig(weight=0.1)
-PENALTY_ALL = contraction.ContractionConfig(weight=0.1, window=1.0, num_penalised=1.0)
-OFF = contraction.ContractionConfig(weight=0.0)
+PENALTY_10 = ContractionConfig(weight=0.1)
+PENALTY_ALL = ContractionConfig(weight=0.1, window=1.0, num_penalised=1.0)
+OFF = ContractionConfig(weight=0.0)
 FAST_GRID = {"paper": [("hutchinson", 8, 1), ("hutchinson", 16, 1), ("hutchinson", 32, 1),
                        ("jvp_pairs", 16, 1), ("jvp_pairs", 32, 1)],
              "paper_il": [("hutchinson", 4, 1), ("hutchinson", 8, 1), ("hutchinson", 16, 1),
@@ -94,21 +92,24 @@ def windows(key, obs_horizon, obs_dim, action_horizon, action_dim):
 
 
 def rows(unet_hidden: int):
-    """``name -> (agent module, config, obs_dim, action_dim, batch, arrays builder)``."""
+    """``name -> (agent name, config, obs_dim, action_dim, batch, arrays builder)``; JAX-free (the
+    command line checks ``--only`` against these names before JAX is imported) until a builder
+    is called."""
     out = {}
     for name, penalty in (("penalty_10%", PENALTY_10), ("off", OFF)):
-        out[f"dql_edp/{name}"] = (dql, dql.default_config(contraction=penalty), 11, 3, 256,
-                                  lambda k: transitions(k, 11, 3))
+        out[f"dql_edp/{name}"] = ("dql", dql_config.default_config(contraction=penalty), 11, 3,
+                                  256, lambda k: transitions(k, 11, 3))
     for name, penalty in (("penalty_all", PENALTY_ALL), ("penalty_10%", PENALTY_10), ("off", OFF)):
-        out[f"dbc_lift/{name}"] = (dbc, dbc.default_config(contraction=penalty), 19, 7, 512,
-                                   lambda k: windows(k, 2, 19, 1, 7))
+        out[f"dbc_lift/{name}"] = ("dbc", dbc_config.default_config(contraction=penalty), 19, 7,
+                                   512, lambda k: windows(k, 2, 19, 1, 7))
     for name, weight in (("penalty", 0.1), ("off", 0.0)):
         penalty = dataclasses.replace(paper.PAPER_PENALTY, weight=weight)
-        out[f"paper/{name}"] = (dql, dql.default_config(**{**paper.PAPER_RL, "contraction": penalty}),
+        out[f"paper/{name}"] = ("dql", dql_config.default_config(**{**paper.PAPER_RL,
+                                                                     "contraction": penalty}),
                                 11, 3, 256, lambda k: transitions(k, 11, 3))
         il_penalty = dataclasses.replace(paper.PAPER_IL["contraction"], weight=weight)
-        out[f"paper_il/{name}"] = (dbc, dbc.default_config(**{**paper.PAPER_IL,
-                                                              "contraction": il_penalty}),
+        out[f"paper_il/{name}"] = ("dbc", dbc_config.default_config(**{**paper.PAPER_IL,
+                                                                       "contraction": il_penalty}),
                                    19, 7, 512, lambda k: windows(k, 2, 19, 1, 7))
     # The fast presets' penalty (Hutchinson probes on m of the penalised samples) for a grid of
     # (m, probes): the cost half of docs/MATH.md's variance-versus-cost table.
@@ -116,25 +117,63 @@ def rows(unet_hidden: int):
         penalty = dataclasses.replace(paper.PAPER_FAST_PENALTY, frobenius_estimator=estimator,
                                       num_penalised=m, num_probes=probes)
         out[f"paper/{SHORT[estimator]}_m{m}_p{probes}"] = (
-            dql, dql.default_config(**{**paper.PAPER_RL, "contraction": penalty}), 11, 3, 256,
-            lambda k: transitions(k, 11, 3))
+            "dql", dql_config.default_config(**{**paper.PAPER_RL, "contraction": penalty}), 11, 3,
+            256, lambda k: transitions(k, 11, 3))
     for estimator, m, probes in FAST_GRID["paper_il"]:
         penalty = dataclasses.replace(paper.PAPER_IL_FAST["contraction"],
                                       frobenius_estimator=estimator, num_penalised=m,
                                       num_probes=probes)
         out[f"paper_il/{SHORT[estimator]}_m{m}_p{probes}"] = (
-            dbc, dbc.default_config(**{**paper.PAPER_IL, "contraction": penalty}), 19, 7, 512,
-            lambda k: windows(k, 2, 19, 1, 7))
+            "dbc", dbc_config.default_config(**{**paper.PAPER_IL, "contraction": penalty}), 19, 7,
+            512, lambda k: windows(k, 2, 19, 1, 7))
     for action_dim, obs_dim in ((4, 28), (7, 19)):
         for name, penalty in (("penalty_10%", PENALTY_10), ("off", OFF)):
-            config = dbc.default_config(actor_network="unet", hidden_dim=unet_hidden, depth=3,
-                                        activation="mish", action_horizon=16, n_action=8,
-                                        contraction=penalty)
+            config = dbc_config.default_config(actor_network="unet", hidden_dim=unet_hidden,
+                                               depth=3, activation="mish", action_horizon=16,
+                                               n_action=8, contraction=penalty)
             out[f"dbc_unet_16x{action_dim}/{name}"] = (
-                dbc, config, obs_dim, action_dim, 256,
+                "dbc", config, obs_dim, action_dim, 256,
                 lambda k, o=obs_dim, a=action_dim: windows(k, 2, o, 16, a))
     return out
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="5 updates per call, 3 repeats")
+    parser.add_argument("--updates", type=fields.positive_int, default=None,
+                        help="K updates per jitted call")
+    parser.add_argument("--repeats", type=fields.positive_int, default=None)
+    parser.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
+                        help="row-name prefixes to run (rows: "
+                             f"{' '.join(rows(64))})".replace("%", "%%"))
+    parser.add_argument("--unet-hidden", type=fields.positive_int, default=64,
+                        help="UNet base width, a multiple of 8 (down_dims = w, 2w, 4w; Diffusion "
+                             "Policy: 256)")
+    parser.add_argument("--xla-cost", action="store_true",
+                        help="also print XLA's cost_analysis() FLOPs (loop bodies counted once)")
+    parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    args = parser.parse_args(argv)
+    if args.unet_hidden % 8:
+        parser.error(f"argument --unet-hidden: {args.unet_hidden} is not a multiple of 8 "
+                     "(GroupNorm groups)")
+    names = list(rows(args.unet_hidden))
+    unmatched = [p for p in args.only or () if not any(n.startswith(p) for n in names)]
+    if unmatched:
+        parser.error(f"argument --only: no row starts with {' '.join(map(repr, unmatched))}; "
+                     f"rows: {' '.join(names)}")
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad value are answered before JAX starts
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import timing  # noqa: E402
+
+from cdp_jax import training  # noqa: E402
+from cdp_jax.agents import AGENTS  # noqa: E402
 
 # ----------------------------------------------------------------------------- FLOP count
 
@@ -195,18 +234,7 @@ def step_flops(agent, state, batch, key, xla_cost: bool) -> dict:
 
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 updates per call, 3 repeats")
-    parser.add_argument("--updates", type=int, default=None, help="K updates per jitted call")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--only", nargs="*", default=None, help="row-name prefixes to run")
-    parser.add_argument("--unet-hidden", type=int, default=64,
-                        help="UNet base width (down_dims = w, 2w, 4w; Diffusion Policy: 256)")
-    parser.add_argument("--xla-cost", action="store_true",
-                        help="also print XLA's cost_analysis() FLOPs (loop bodies counted once)")
-    parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
-    args = parser.parse_args()
+def main(args):
     updates = args.updates or (5 if args.quick else 20)
     repeats = args.repeats or (3 if args.quick else 5)
     selected = {name: row for name, row in rows(args.unet_hidden).items()
@@ -214,7 +242,8 @@ def main():
 
     key = jax.random.key(0)
     calls, info = {}, {}
-    for name, (agent, config, obs_dim, action_dim, batch, make_arrays) in selected.items():
+    for name, (agent_name, config, obs_dim, action_dim, batch, make_arrays) in selected.items():
+        agent = AGENTS[agent_name]
         state = agent.init(jax.random.key(1), config, obs_dim, action_dim)
         arrays = make_arrays(jax.random.key(2))
         chunk = jax.jit(training.make_train_chunk(agent, updates, batch))
@@ -278,4 +307,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -103,6 +103,18 @@ BAD_VALUES = {
     "train.py": [["--steps", "0"], ["--set", "foo=1"], ["--name", ""],
                  ["--contraction-weight", "nan"], ["--set", "contraction.window=inf"],
                  ["--preset", "paper", "--dataset", "nope/nothing-v0"], ["--seeds", "3-1"]],
+    "evaluate.py": [["runs/x", "--episodes", "0"], ["runs/x", "--noise-temperature", "nan"]],
+    "make_dataset.py": [["pointmaze", "--num-steps", "0"], ["fetch", "--task", "reach"]],
+    "paper_study.py": [["--seeds", "x"], ["--budget-steps", "0"]],
+    "run_all.py": [["--budget", "nan"]],
+    "chunk_overhead.py": [["--hidden", "12"]],
+    "contraction_overhead.py": [["--skip", "vanilla"]],
+    "fast_penalty.py": [["--repeats", "1"]],
+    "sac_throughput.py": [["--steps", "75"]],
+    "sampler_throughput.py": [["--steps", "51"]],
+    "scaling.py": [["--devices", "3"]],
+    "side_by_side.py": [["--worker-timeout", "inf"]],
+    "train_throughput.py": [["--only", "nothing"]],
 }
 
 

@@ -22,7 +22,7 @@ def test_every_benchmark_takes_the_flags_passed(name):
     flags = {a for a in full + quick + ["--out"] if a.startswith("--")}
     declared = set(re.findall(r'add_argument\(\s*"(--[a-z-]+)"', source))
     assert flags <= declared, (script, flags - declared)
-    assert 0 < share < 1
+    assert 0 < share < 1 and 0 < run_all.QUICK_SHARES[name] < 1
 
 
 def test_merges_results_and_records_failures(tmp_path, monkeypatch):
