@@ -147,9 +147,24 @@ def il_cells(task: str, args) -> list[runner.Cell]:
 # ----------------------------------------------------------------------------- alpha's rule
 
 
+# What train.py's error line says when a loss turns non-finite (TrainingDivergedError).
+DIVERGED_LINE = "; training stopped."
+
+
+def diverged(cell: runner.Cell, args) -> bool:
+    """Whether a cell's run stopped on a non-finite loss in its first run and again in the one
+    resume the pre-registration allows (its log holds train.py's divergence line twice): then it
+    is reported as diverged, and an alpha cell scores lowest instead of holding up the study."""
+    log = cell.log_path(args)
+    return log.exists() and log.read_text(errors="replace").count(DIVERGED_LINE) >= 2
+
+
 def alpha_score(record: dict) -> tuple[float, list[int]]:
     """A finished alpha cell's score: the mean over its seeds of the mean normalised score of its
-    last :data:`ALPHA_WINDOW` evaluations, and the steps of those evaluations (first seed's)."""
+    last :data:`ALPHA_WINDOW` evaluations, and the steps of those evaluations (first seed's); a
+    diverged cell (``{"diverged": True}``) scores ``-inf``."""
+    if record.get("diverged"):
+        return -math.inf, []
     per_seed, steps = [], None
     for seed in record["seeds"].values():
         last = seed["curve"][-ALPHA_WINDOW:]
@@ -179,7 +194,9 @@ def tuning_record(task: str, records: Mapping[float, dict | None]) -> dict:
     the names of the alpha cells still missing."""
     scores = {}
     for alpha, record in records.items():
-        if record is not None:
+        if record is not None and record.get("diverged"):
+            scores[f"{alpha:g}"] = {"score": None, "diverged": True}
+        elif record is not None:
             score, steps = alpha_score(record)
             scores[f"{alpha:g}"] = {"score": score, "steps": steps}
     return {"rule": ALPHA_RULE, "chosen": choose_alpha(records), "scores": scores,
@@ -193,10 +210,16 @@ def _finished_record(cell: runner.Cell, args) -> dict | None:
 
 
 def alpha_records(task: str, args) -> dict[float, dict | None]:
-    """Each alpha's finished record for ``task`` (``None`` where its cell has not finished)."""
+    """Each alpha's finished record for ``task`` (``None`` where its cell has not finished;
+    ``{"diverged": True}`` where it diverged twice, see :func:`diverged`)."""
     alpha_args = study_args("alpha", args)
-    return {alpha: _finished_record(cell, alpha_args)
-            for alpha, cell in zip(ALPHAS, alpha_cells(task, alpha_args), strict=True)}
+    records = {}
+    for alpha, cell in zip(ALPHAS, alpha_cells(task, alpha_args), strict=True):
+        record = _finished_record(cell, alpha_args)
+        if record is None and diverged(cell, alpha_args):
+            record = {"diverged": True}
+        records[alpha] = record
+    return records
 
 
 # ----------------------------------------------------------------------------- the grids

@@ -1,4 +1,4 @@
-"""Train a (contractive) diffusion policy offline and evaluate it in its environment.
+"""Train a (contractive) diffusion or flow policy offline and evaluate it in its environment.
 
 With no arguments this is the project's main command: it builds the local PointMaze umaze dataset
 (``cdp/pointmaze/umaze-v0``) if it is missing, trains EDP + Diffusion-QL with the contraction
@@ -12,6 +12,9 @@ the logs and checkpoints went (``runs/quickstart/``)::
     python experiments/train.py --preset paper --dataset my/dataset-v0 --set eta=1 \
         --set candidate_temperature=100 --reward-normalization returns_range
     python experiments/train.py --preset paper-il --dataset cdp/fetch/push-v0
+    python experiments/train.py --preset fql --dataset cdp/hopper/medium-expert-v0 --set alpha=3
+    python experiments/train.py --preset fql-cdp --dataset cdp/hopper/medium-expert-v0 --set alpha=3
+    python experiments/train.py --preset flow-bc-cdp --dataset cdp/fetch/push-v0 --set obs_horizon=2
     python experiments/train.py --set eta=2.0 --set contraction.penalty=frobenius
     python experiments/train.py --name quickstart --resume        # continue after an interruption
     python experiments/train.py --name quickstart --resume --steps 6000   # train it longer
@@ -114,7 +117,8 @@ def parse_args(argv=None):
         elif field == "agent":
             parser.add_argument("--agent", choices=sorted(CONFIGS), default=None,
                                 help="dql: EDP + Diffusion-QL (default); dbc: diffusion BC; "
-                                     "idql: IQL critic + resampled diffusion BC")
+                                     "idql: IQL critic + resampled diffusion BC; fql: Flow "
+                                     "Q-Learning; flow_bc: flow-matching BC")
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"(default from the preset; base {getattr(defaults, field)})")

@@ -106,6 +106,7 @@ BAD_VALUES = {
     "evaluate.py": [["runs/x", "--episodes", "0"], ["runs/x", "--noise-temperature", "nan"]],
     "make_dataset.py": [["pointmaze", "--num-steps", "0"], ["fetch", "--task", "reach"]],
     "paper_study.py": [["--seeds", "x"], ["--budget-steps", "0"]],
+    "flow_study.py": [["--alpha-steps", "0"], ["--seeds", "3-1"]],
     "run_all.py": [["--budget", "nan"]],
     "chunk_overhead.py": [["--hidden", "12"]],
     "contraction_overhead.py": [["--skip", "vanilla"]],

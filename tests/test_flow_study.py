@@ -126,6 +126,26 @@ def test_choose_alpha_breaks_ties_within_one_point_towards_the_larger_alpha():
     assert flow_study.choose_alpha(_records([71.2, 60, 70, 69.5, 69.5])) == 0.3
 
 
+def test_an_alpha_cell_that_diverged_twice_scores_lowest(tmp_path):
+    """train.py's divergence line twice in a cell's log (its run and the one allowed resume):
+    the cell is reported as diverged and the choice goes on without it."""
+    args = flow_study.parse_args(["--runs-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    alpha_args = flow_study.study_args("alpha", args)
+    cells = flow_study.alpha_cells("hopper-me1", alpha_args)
+    line = "error: non-finite critic/loss at gradient step 812; training stopped. ...\n"
+    log = cells[0].log_path(alpha_args)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(line)
+    assert not flow_study.diverged(cells[0], alpha_args)  # once: it is resumed first
+    log.write_text(line + "--- resumed ...\n" + line)
+    assert flow_study.diverged(cells[0], alpha_args)
+    records = flow_study.alpha_records("hopper-me1", args)
+    assert records[flow_study.ALPHAS[0]] == {"diverged": True}
+    records.update({a: _record([m] * 5) for a, m in zip(flow_study.ALPHAS[1:], [10, 20, 30, 5],
+                                                         strict=True)})
+    assert flow_study.choose_alpha(records) == 10.0
+
+
 def test_missing_alpha_cells_choose_nothing_and_are_named():
     records = _records([50, 60, 70, 55, 40])
     records[1.0] = records[30.0] = None

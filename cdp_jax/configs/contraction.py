@@ -1,4 +1,5 @@
-"""The contraction regulariser's settings, without JAX (the penalty itself: :mod:`cdp_jax.contraction`)."""
+"""The contraction regulariser's settings, without JAX (the penalty: :mod:`cdp_jax.penalties`; its
+targets: :mod:`cdp_jax.contraction` for diffusion, :mod:`cdp_jax.flow` for flows)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ class ContractionConfig:
       target: for diffusion ``"network"`` or ``"drift"`` (the docstring of
         :mod:`cdp_jax.contraction`), for flow matching ``"clean"`` or ``"velocity"``
         (:mod:`cdp_jax.flow`); each agent accepts its own family.
-      window: fraction of noise levels penalised, lowest first (``time_fraction(t) <= window``);
-        0.1 is the official offline-RL default (t < 5 of 50), 1.0 penalises all.
+      window: fraction of noise levels penalised, lowest first (``time_fraction(t) <= window``
+        for diffusion; for a flow the fraction is ``1 - t``, so ``t >= 1 - window``); 0.1 is
+        the official offline-RL default (t < 5 of 50), 1.0 penalises all (the flows' default).
       num_penalised: static number of samples penalised per batch: an int, a fraction of the batch
         in (0, 1], or ``None`` for ``ceil(window * batch)`` (the expected in-window count). Taken
         at random among the in-window samples, each equally likely, so the penalty is an unbiased

@@ -6,7 +6,7 @@ import dataclasses
 
 from cdp_jax.configs import names
 from cdp_jax.configs.contraction import ContractionConfig
-from cdp_jax.configs.fields import check_choice, check_positive
+from cdp_jax.configs.fields import check_choice, check_optimiser_fields, check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,7 @@ class DBCConfig:
 
     def validate(self) -> DBCConfig:
         check_choice("actor_network", self.actor_network, (*names.ACTORS, *names.CHUNK_ACTORS))
+        check_optimiser_fields(self)
         check_choice("activation", self.activation, names.ACTIVATIONS)
         check_choice("time_embedding", self.time_embedding, names.TIME_EMBEDDINGS)
         check_choice("param_init", self.param_init, names.INITS)

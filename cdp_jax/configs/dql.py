@@ -6,7 +6,7 @@ import dataclasses
 
 from cdp_jax.configs import names
 from cdp_jax.configs.contraction import ContractionConfig
-from cdp_jax.configs.fields import check_choice, check_positive
+from cdp_jax.configs.fields import check_choice, check_optimiser_fields, check_positive
 
 EMA_WARMUPS = ("copy", "initial")
 EDP_DRAWS = ("shared", "separate")
@@ -56,7 +56,7 @@ class DQLConfig:
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     weight_decay: float = 0.01
-    lr_decay_steps: int | None = None  # cosine decay horizon; None: constant learning rate
+    lr_decay_steps: int | None = None  # cosine decay horizon; None: the whole run; 0: constant
     max_grad_norm: float | None = None
     ema_decay: float = 0.995
     ema_every: int = 5
@@ -70,6 +70,7 @@ class DQLConfig:
 
     def validate(self) -> DQLConfig:
         check_choice("actor_network", self.actor_network, ("mlp", "lnresnet"))
+        check_optimiser_fields(self)
         check_choice("time_embedding", self.time_embedding, names.TIME_EMBEDDINGS)
         check_choice("param_init", self.param_init, names.INITS)
         check_choice("schedule", self.schedule, names.SCHEDULES)

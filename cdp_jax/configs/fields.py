@@ -24,6 +24,18 @@ def check_positive(field: str, value, *, allow_zero: bool = False) -> None:
         raise ValueError(f"Invalid {field}={value!r}; must be {bound}.")
 
 
+def check_optimiser_fields(config) -> None:
+    """``max_grad_norm`` None or > 0 (a negative clip would flip the gradient's sign),
+    ``lr_decay_steps`` None or >= 0, ``ema_decay`` (where the config has one) in [0, 1]."""
+    if getattr(config, "max_grad_norm", None) is not None:
+        check_positive("max_grad_norm", config.max_grad_norm)
+    if getattr(config, "lr_decay_steps", None) is not None:
+        check_positive("lr_decay_steps", config.lr_decay_steps, allow_zero=True)
+    decay = getattr(config, "ema_decay", None)
+    if decay is not None and not 0.0 <= decay <= 1.0:
+        raise ValueError(f"Invalid ema_decay={decay!r}; must lie in [0, 1].")
+
+
 def check_finite_fields(config, prefix: str = "") -> None:
     """Raise ``ValueError`` naming the first float field of ``config`` (a config dataclass; nested
     configs and tuples included) that is NaN or infinite.

@@ -6,11 +6,17 @@ import dataclasses
 
 from cdp_jax.configs import names
 from cdp_jax.configs.contraction import ContractionConfig
-from cdp_jax.configs.fields import check_choice, check_positive
+from cdp_jax.configs.fields import check_choice, check_optimiser_fields, check_positive
 
 # FQL's vector field (observation, action and raw t concatenated into an MLP) and every
 # denoiser backbone of the diffusion agents (fed t scaled by ``time_scale``).
 ACTOR_NETWORKS = ("fql_mlp", *names.ACTORS, *names.CHUNK_ACTORS)
+
+# CDP on the flow policy, as the official imitation penalty (every noise level penalised) with
+# the fast estimator of paper-il-fast (forward-mode probe pairs on 4 samples of the batch).
+FLOW_IL_PENALTY = ContractionConfig(
+    weight=0.1, penalty="frobenius", frobenius_lambda=0.1, frobenius_scale="dim_squared",
+    frobenius_estimator="jvp_pairs", target="clean", window=1.0, num_penalised=4, num_probes=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +53,12 @@ class FlowBCConfig:
     max_grad_norm: float | None = None
     ema_decay: float = 0.995
     ema_start: int = 0
-    contraction: ContractionConfig = ContractionConfig(target="clean", window=1.0)
+    # weight 0 (plain flow BC); a weight alone turns the documented penalty on
+    contraction: ContractionConfig = dataclasses.replace(FLOW_IL_PENALTY, weight=0.0)
 
     def validate(self) -> FlowBCConfig:
         check_choice("actor_network", self.actor_network, ACTOR_NETWORKS)
+        check_optimiser_fields(self)
         check_choice("activation", self.activation, names.ACTIVATIONS)
         check_choice("sampler", self.sampler, names.FLOW_SAMPLERS)
         check_choice("contraction.target", self.contraction.target, names.FLOW_TARGETS)
@@ -73,11 +81,6 @@ class FlowBCConfig:
         return self.flow_steps
 
 
-# CDP on the flow policy, as the official imitation penalty (every noise level penalised) with
-# the fast estimator of paper-il-fast (forward-mode probe pairs on 4 samples of the batch).
-FLOW_IL_PENALTY = ContractionConfig(
-    weight=0.1, penalty="frobenius", frobenius_lambda=0.1, frobenius_scale="dim_squared",
-    frobenius_estimator="jvp_pairs", target="clean", window=1.0, num_penalised=4, num_probes=1)
 FLOW_BC_TRAIN = {"steps": 200_000, "batch_size": 256, "updates_per_call": 1000,
                  "eval_every": 20_000, "checkpoint_every": 20_000, "eval_episodes": 10,
                  "eval_envs": 5, "obs_normalizer": "minmax"}

@@ -10,6 +10,20 @@ from cdp_jax.configs.fields import check_choice, check_positive
 
 Q_AGGREGATIONS = ("mean", "min")
 
+# CDP on the behaviour flow, as the official penalty on an x0-predicting denoiser (docs/MATH.md,
+# "Contraction for flow-matching policies"): mean((sym J + 0.1 I)^2) over the d^2 entries of the
+# implied clean action's Jacobian, I + (1 - t) J_v, weight 0.1, on the whole path (the diffusion
+# default's lowest 10% of noise levels would be t >= 0.9, where the gradient carries a factor
+# 1 - t <= 0.1); estimated without a Jacobian
+# (forward-mode probe pairs) on 16 random samples of the batch, as paper-fast does. (For t >= 0.9
+# that Jacobian is within (1 - t) ||J_v|| <= 0.1 ||J_v|| of I whatever the network.)
+FLOW_RL_PENALTY = ContractionConfig(
+    weight=0.1, penalty="frobenius", frobenius_lambda=0.1, frobenius_scale="dim_squared",
+    frobenius_estimator="jvp_pairs", target="clean", window=1.0, num_penalised=16, num_probes=1)
+# FQL's main.py: 1M offline steps, evaluation every 100k on 50 episodes, no observation or
+# reward normalisation (its D4RL AntMaze rows subtract 1 from the rewards: reward_normalization
+# minus_one).
+
 
 @dataclasses.dataclass(frozen=True)
 class FQLConfig:
@@ -36,7 +50,8 @@ class FQLConfig:
     alpha: float = 10.0  # distillation weight of the one-step policy
     flow_steps: int = 10  # Euler steps of the behaviour flow (distillation target)
     normalize_q_loss: bool = False
-    contraction: ContractionConfig = ContractionConfig(target="clean", window=1.0)
+    # weight 0 (FQL exactly); a weight alone (--contraction-weight) turns the documented penalty on
+    contraction: ContractionConfig = dataclasses.replace(FLOW_RL_PENALTY, weight=0.0)
 
     def validate(self) -> FQLConfig:
         check_choice("q_agg", self.q_agg, Q_AGGREGATIONS)
@@ -47,6 +62,11 @@ class FQLConfig:
                 raise ValueError(f"Invalid {name}={dims!r}; positive integer widths expected.")
         for name in ("lr", "flow_steps"):
             check_positive(name, getattr(self, name))
+        if self.lr_decay_steps is not None:
+            check_positive("lr_decay_steps", self.lr_decay_steps, allow_zero=True)
+        for name in ("layer_norm", "actor_layer_norm", "normalize_q_loss"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Invalid {name}={getattr(self, name)!r}; expected true or false.")
         for name in ("alpha", "tau", "discount"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not (self.discount <= 1.0 and self.tau <= 1.0):
@@ -60,18 +80,6 @@ class FQLConfig:
     noise_temperature = 1.0
 
 
-# CDP on the behaviour flow, as the official penalty on an x0-predicting denoiser (docs/MATH.md,
-# "Contraction for flow-matching policies"): mean((sym J + 0.1 I)^2) over the d^2 entries of the
-# implied clean action's Jacobian, I + (1 - t) J_v, weight 0.1, on the whole path (the diffusion
-# default's lowest 10% of noise levels would be t >= 0.9, where that Jacobian is I whatever the
-# network and the gradient carries a factor 1 - t <= 0.1); estimated without a Jacobian
-# (forward-mode probe pairs) on 16 random samples of the batch, as paper-fast does.
-FLOW_RL_PENALTY = ContractionConfig(
-    weight=0.1, penalty="frobenius", frobenius_lambda=0.1, frobenius_scale="dim_squared",
-    frobenius_estimator="jvp_pairs", target="clean", window=1.0, num_penalised=16, num_probes=1)
-# FQL's main.py: 1M offline steps, evaluation every 100k on 50 episodes, no observation or
-# reward normalisation (its D4RL AntMaze rows subtract 1 from the rewards: reward_normalization
-# minus_one).
 FQL_TRAIN = {"steps": 1_000_000, "batch_size": 256, "updates_per_call": 1000,
              "eval_every": 100_000, "checkpoint_every": 100_000, "eval_episodes": 50,
              "eval_envs": 10, "normalize_obs": False}

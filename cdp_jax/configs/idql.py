@@ -6,7 +6,7 @@ import dataclasses
 
 from cdp_jax.configs import names
 from cdp_jax.configs.contraction import ContractionConfig
-from cdp_jax.configs.fields import check_choice, check_positive
+from cdp_jax.configs.fields import check_choice, check_optimiser_fields, check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class IDQLConfig:
 
     def validate(self) -> IDQLConfig:
         check_choice("actor_network", self.actor_network, names.ACTORS)
+        check_optimiser_fields(self)
         check_choice("schedule", self.schedule, names.SCHEDULES)
         check_choice("prediction", self.prediction, names.PREDICTIONS)
         check_choice("sampler", self.sampler, names.SAMPLERS)
