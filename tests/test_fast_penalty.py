@@ -150,3 +150,38 @@ def test_fast_presets_differ_from_the_paper_presets_only_in_the_estimator():
     # The per-task row applies to paper-fast as to paper (hopper-medium-replay: eta 1, T 300).
     _, agent = run_config.preset("paper-fast", dataset="cdp/hopper/medium-replay-v0")
     assert (agent.eta, agent.candidate_temperature) == (1.0, 300.0)
+
+
+def test_the_flow_penalty_of_the_fql_cdp_preset_is_unbiased(x64):
+    """The fast flow penalty (`fql-cdp`: forward-mode pairs on a random subsample, target
+    x1_hat = x + (1 - t) v, the whole path) against the exact penalty on every sample of the batch:
+    unbiased for the value and for the parameter gradient, as for diffusion."""
+    from cdp_jax import flow
+    from cdp_jax.configs.fql import FLOW_RL_PENALTY
+
+    params = init_params(jax.random.key(0))
+    x, _, cond = batch(jax.random.key(1), 24)
+    t = jax.random.uniform(jax.random.key(5), (24,), x.dtype)
+    velocity_of = denoiser_of  # the same small network, read as a velocity field of t in [0, 1)
+    fast = dataclasses.replace(FLOW_RL_PENALTY, weight=1.0, num_penalised=3)
+    exact = dataclasses.replace(fast, frobenius_estimator="exact", num_penalised=1.0)
+
+    def regulariser(config, p, key):
+        return flow.contraction_regulariser(config, velocity_of(p), x, t, cond, key)
+
+    (exact_value, _), exact_grad = jax.value_and_grad(
+        lambda p: regulariser(exact, p, jax.random.key(2)), has_aux=True)(params)
+    exact_grad = jnp.concatenate([jnp.ravel(g) for g in jax.tree_util.tree_leaves(exact_grad)])
+
+    def one(key):
+        value, grads = jax.value_and_grad(lambda p: regulariser(fast, p, key)[0])(params)
+        return value, jnp.concatenate([jnp.ravel(g) for g in jax.tree_util.tree_leaves(grads)])
+
+    values, grads = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(3), 1500))
+    directions = jnp.concatenate([exact_grad[None] / jnp.linalg.norm(exact_grad),
+                                  jax.random.normal(jax.random.key(4), (3, exact_grad.size))])
+    assert np.std(values) > 0.05 * exact_value
+    assert within_3_standard_errors(values, exact_value)
+    assert within_3_standard_errors(grads @ directions.T, directions @ exact_grad)
+    # the subsample's sum over the batch (a wrong scale) fails the same test
+    assert not within_3_standard_errors(values * 3 / 24, exact_value)
