@@ -29,14 +29,14 @@ memory; a checkpoint is written only if every parameter and optimiser-state valu
 :func:`cdp_jax.multi_seed.train_seeds` trains several seeds as one vmapped program
 (:func:`make_seeds_chunk`) and writes ``runs/<name>/seed_<k>/`` as :func:`train` would for each; both
 take a ``parallel_mode`` (:mod:`cdp_jax.parallel`: batches or seeds split over a device mesh, across
-hosts too).
+hosts too). The evaluations of a run live in :mod:`cdp_jax.policy_evaluation`, the checks around
+it (resume, finite values, write errors) in :mod:`cdp_jax.run_guards`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -48,15 +48,28 @@ from cdp_jax.agents import DATA, get_agent
 from cdp_jax.data import buffer, fingerprint, minari, protocol
 from cdp_jax.data import dataset as dataset_lib
 from cdp_jax.data.normalization import Normalizer
+from cdp_jax.policy_evaluation import (  # noqa: F401 (re-exported: training.run_evaluation, ...)
+    RESET_SEED_STRIDE,
+    eval_num_envs,
+    eval_protocol,
+    eval_reset_seeds,
+    make_eval_envs,
+    make_policy,
+    run_evaluation,
+)
 from cdp_jax.run_config import TrainConfig, check_resume, config_dict, resolve_agent_config
-
-
-class TrainingDivergedError(FloatingPointError):
-    """A loss, metric or parameter became NaN / inf; the message names the step and the last
-    checkpoint."""
-
-
-# ----------------------------------------------------------------------------- device part
+from cdp_jax.run_guards import (  # noqa: F401 (re-exported)
+    TrainingDivergedError,
+    _check_finite,
+    _last_checkpoint,
+    check_fresh_or_resume,
+    check_state_finite,
+    explain_write_errors,
+    lr_schedule_note,
+    process_dir,
+    restore_for_resume,
+    resume_step,
+)
 
 
 def make_train_chunk(agent, num_updates: int, batch_size: int, batch_sharding=None):
@@ -160,87 +173,6 @@ def prepare_arrays(data: dataset_lib.OfflineDataset, agent_name: str, agent_conf
     if config.fraction is not None and config.fraction_unit == "transitions":
         arrays = protocol.keep_fraction_of_rows(arrays, config.fraction, config.seed)
     return arrays, norm
-
-
-def eval_num_envs(config: TrainConfig) -> int:
-    """The environments one evaluation steps together: ``eval_envs``, but never more than
-    ``eval_episodes`` (an env without an episode to play would be stepped for nothing)."""
-    return min(config.eval_envs, config.eval_episodes)
-
-
-def make_eval_envs(data: dataset_lib.OfflineDataset, config: TrainConfig, copies: int = 1):
-    """The dataset's evaluation env, :func:`eval_num_envs` copies (times ``copies``: one block per
-    seed of a joint rollout); checks its dimensions against data."""
-    envs = evaluation.make_vector_env(lambda: data.make_env(eval_env=True),
-                                      eval_num_envs(config) * copies, config.eval_vector)
-    obs, _ = envs.reset(seed=0)
-    obs_dim = dataset_lib.flatten_observation(obs, data.obs_keys).shape[-1]
-    act_shape = envs.single_action_space.shape
-    if obs_dim != data.obs_dim or act_shape != (data.act_dim,):
-        envs.close()
-        raise ValueError(f"dataset {data.dataset_id!r} (obs_dim={data.obs_dim}, action_dim="
-                         f"{data.act_dim}) does not match its environment (obs_dim={obs_dim}, "
-                         f"action shape {act_shape}).")
-    return envs
-
-
-def make_policy(act_fn, state):
-    """The batched policy ``(obs, key) -> actions`` for :func:`evaluation.evaluate`.
-
-    ``act_fn`` is ``jax.jit(agent.act)``, made once per run so that evaluations reuse its compiled
-    program (the state is an argument, not a closed-over constant).
-    """
-    return lambda obs, key: act_fn(state, jnp.asarray(obs, jnp.float32), key)
-
-
-def eval_protocol(agent_name: str, agent_config, config: TrainConfig) -> dict:
-    """The protocol stored next to every score in ``eval.json``."""
-    return {
-        "episodes": config.eval_episodes, "num_envs": eval_num_envs(config),
-        "candidates": getattr(agent_config, "num_candidates", 1),
-        "candidate_temperature": getattr(agent_config, "candidate_temperature", None),
-        "noise_temperature": agent_config.noise_temperature, "sampler": agent_config.sampler,
-        "sampler_steps": agent_config.sampler_steps, "dataset": config.dataset,
-        "max_episode_steps": config.max_episode_steps,
-    }
-
-
-# A run of seed s resets its evaluation episode k with seed RESET_SEED_STRIDE * s + k, at every
-# evaluation: its evaluations (and those of evaluate.py --seed s) share their start states, and
-# seeds below 1000 with fewer than 100,000 episodes never share one.
-RESET_SEED_STRIDE = 100_000
-
-
-def eval_reset_seeds(seed: int, episodes: int) -> list[int]:
-    """The reset seeds of a run's evaluation episodes: ``100_000 seed + k`` for episode ``k``."""
-    return [RESET_SEED_STRIDE * seed + k for k in range(episodes)]
-
-
-def run_evaluation(act_fn, agent_name, state, data, norm, envs, config: TrainConfig, step: int,
-                   reset_seeds=None):
-    """One evaluation at ``step``: returns, success rate (if defined) and normalised score (if
-    defined), each mean with its standard error. Episode ``k`` starts from reset seed
-    ``reset_seeds[k]`` (default :func:`eval_reset_seeds` of ``config.seed``); the policy's key is
-    ``fold_in(PRNGKey(config.seed + 1_000_003), step)``."""
-    agent_config = state.config
-    windows = DATA[agent_name] == "windows"
-    obs_fn = lambda o: np.asarray(
-        norm.normalize(dataset_lib.flatten_observation(o, data.obs_keys)), np.float32)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1_000_003), step)
-    if reset_seeds is None:
-        reset_seeds = eval_reset_seeds(config.seed, config.eval_episodes)
-    result = evaluation.evaluate(
-        make_policy(act_fn, state), envs, key, num_episodes=config.eval_episodes,
-        obs_fn=obs_fn, obs_horizon=agent_config.obs_horizon if windows else None,
-        n_action=agent_config.n_action if windows else 1, reset_seeds=reset_seeds,
-        max_episode_steps=config.max_episode_steps)
-    if data.ref_min_score is not None and data.ref_max_score is not None:
-        result.update(evaluation.normalized_summary(
-            minari.normalized_score(data, result["returns"])))
-    return result
-
-
-# ----------------------------------------------------------------------------- host loop
 
 
 def train(config: TrainConfig, agent_config, parallel_mode: str = "none", *,
@@ -486,112 +418,3 @@ def interrupted_training(err: BaseException, config: TrainConfig, parallel_mode:
     else:
         then = interrupts.Then("start it again with")
     return interrupts.Interrupted(text, signum=signum, then=then)
-
-
-def resume_step(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> int | None:
-    """The checkpoint step a run continues from: ``resume_from`` or the latest (``None``: a new
-    run, or a resumed one that wrote no checkpoint yet). Refuses ``steps`` below it."""
-    if not config.resume:
-        return None
-    start = config.resume_from if config.resume_from is not None else ckpt.latest_step()
-    if start is not None and start > config.steps:
-        raise ValueError(f"Invalid steps={config.steps}: the run resumes from its checkpoint at "
-                         f"step {start}; pass --steps >= {start}.")
-    return start
-
-
-def lr_schedule_note(config: TrainConfig, agent_config) -> str | None:
-    """A warning when a resumed run trains past the end of its learning-rate decay."""
-    span = agent_config.lr_decay_steps
-    if config.resume and span and config.steps > span:
-        return (f"note: the cosine learning-rate decay of this run ends at step {span} (the run "
-                f"as started); the steps after it train with a learning rate of 0.")
-    return None
-
-
-def check_fresh_or_resume(config: TrainConfig, ckpt: checkpoint.CheckpointManager) -> None:
-    if ckpt.latest_step() is not None and not config.resume:
-        raise FileExistsError(f"{config.path} already holds checkpoints; pass --resume to "
-                              "continue that run or choose another --name / --run-dir.")
-
-
-def restore_for_resume(ckpt: checkpoint.CheckpointManager, target, step: int):
-    """:meth:`CheckpointManager.restore`, with how to go on from an earlier checkpoint."""
-    try:
-        return ckpt.restore(target, step)
-    except checkpoint.CheckpointError as err:
-        earlier = [s for s in checkpoint.list_steps(ckpt.directory) if s < step]
-        if not earlier:
-            raise
-        raise checkpoint.CheckpointError(
-            f"{err} To continue from an earlier one: --resume --resume-from {earlier[-1]} (the "
-            f"later checkpoints are moved to {ckpt.directory}/discarded/).") from None
-
-
-def process_dir(run_dir: Path) -> Path:
-    """Where this process logs: ``run_dir`` on process 0, ``run_dir/process_<i>`` on the other
-    hosts of a multi-host run (they compute the same numbers; no two write one file)."""
-    index = jax.process_index()
-    return run_dir if index == 0 else run_dir / f"process_{index}"
-
-
-def _check_finite(metrics: dict, step: int, ckpt: checkpoint.CheckpointManager) -> None:
-    for name, values in sorted(metrics.items()):
-        bad = ~np.isfinite(np.asarray(values))
-        if bad.any():
-            at = step + int(np.argmax(bad)) + 1
-            raise TrainingDivergedError(
-                f"non-finite {name} at gradient step {at}; training stopped. "
-                f"{_last_checkpoint(ckpt)}")
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def check_state_finite(state, step: int, ckpt: checkpoint.CheckpointManager) -> None:
-    """Raise :class:`TrainingDivergedError` naming the leaves (parameters, EMA, targets,
-    optimiser state) of ``state`` that hold NaN / inf after gradient step ``step``."""
-    if bool(_all_finite(state)):
-        return
-    flat, _ = jax.tree_util.tree_flatten_with_path(parallel.to_host(state))
-    bad = [jax.tree_util.keystr(path) for path, x in flat
-           if np.issubdtype(np.asarray(x).dtype, np.inexact) and not np.isfinite(x).all()]
-    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-    raise TrainingDivergedError(
-        f"non-finite values in {shown} after gradient step {step}; training stopped, no "
-        f"checkpoint written for it. {_last_checkpoint(ckpt)}")
-
-
-@contextlib.contextmanager
-def explain_write_errors(ckpt: checkpoint.CheckpointManager, current_step):
-    """A :class:`cdp_jax.files.WriteError` raised in the body (disk full, ...) says at which step
-    ``current_step()`` training stopped, which checkpoint is kept, and to continue with
-    ``--resume``, once the run has started (a checkpoint exists or a step was trained)."""
-    try:
-        yield
-    except files.WriteError as err:
-        if current_step() == 0 and ckpt.latest_step() is None:
-            raise
-        raise err.elaborate(f"Training stopped at step {current_step()}. {_last_checkpoint(ckpt)}",
-                            "continue with --resume") from None
-
-
-def _last_checkpoint(ckpt: checkpoint.CheckpointManager) -> str:
-    """The last checkpoint, called good only if its save checked the state finite."""
-    last = ckpt.latest_step()
-    if last is None:
-        return "No checkpoint was written."
-    where = checkpoint.step_dir(ckpt.directory, last)
-    try:
-        checked = checkpoint.read_meta(ckpt.directory, last).get("finite") is True
-    except checkpoint.CheckpointError:
-        checked = False
-    if checked:
-        return f"Last good checkpoint (finite when saved): {where} (kept unchanged)."
-    return f"Last checkpoint: {where} (kept unchanged; not checked for finite values)."
-
-
