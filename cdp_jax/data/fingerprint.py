@@ -72,7 +72,6 @@ def files_unchanged(recorded: dict) -> bool:
     return bool(files) and dataset_files(recorded["id"]) == files
 
 
-
 def changed(recorded: dict, load) -> dict | None:
     """The :func:`record` of the dataset now if its content differs from ``recorded``, else
     ``None``. ``load()`` loads it as the run did (the same fraction and seed); it is called only
