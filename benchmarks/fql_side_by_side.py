@@ -58,7 +58,7 @@ import tempfile
 from pathlib import Path
 
 # JAX-free: the command line is checked before a worker imports JAX
-from side_by_side import cpu_model, median_or_none
+from side_by_side import cpu_model, median_or_none, run_json_worker
 
 from cdp_jax.configs import fields
 
@@ -284,18 +284,7 @@ def run_worker(side: str, args) -> dict:
     cmd += ["--matmul"] if args.matmul else []
     cmd += ["--only", *args.only] if args.only else []
     cmd += ["--fql-src", str(Path(args.fql_src).resolve())] if side == "fql_code" else []
-    # The workers import cdp_jax (and the JAX-free helpers) from this checkout.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO,
-                              timeout=args.worker_timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.worker_timeout} s"}
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode or not lines:
-        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}
-    return json.loads(lines[-1])
+    return run_json_worker(cmd, args.worker_timeout)
 
 
 def canonical_order(sample_batches) -> list[str]:

@@ -230,14 +230,19 @@ def run_worker(framework: str, row: str, args) -> dict:
            "--jax-cache", args.jax_cache]
     if framework == "torch":
         cmd += ["--official", args.official, "--cleandiffuser", args.cleandiffuser]
-    # The workers import cdp_jax from this checkout, whatever else is installed.
+    return run_json_worker(cmd, args.worker_timeout)
+
+
+def run_json_worker(cmd: list[str], timeout: float) -> dict:
+    """Run a worker process (``cmd``) with this checkout's cdp_jax first on its path, whatever
+    else is installed; its result is the last JSON line it prints, or ``{"error": ...}``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO,
-                              timeout=args.worker_timeout)
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {args.worker_timeout} s"}
+        return {"error": f"timed out after {timeout} s"}
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
         return {"error": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}

@@ -5,6 +5,7 @@ config <-> JSON."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from cdp_jax import contraction, diffusion, schedules
@@ -38,6 +39,17 @@ def make_optimizer(lr: float, decay_steps: int | None, weight_decay: float,
     if max_grad_norm:
         opt = optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
     return opt
+
+
+def optimiser_step_with_ema(state, grads, optimizer, config):
+    """One optimiser step of ``state.params`` and its EMA (a copy while ``state.step <
+    config.ema_start``, ``config.ema_decay`` after), step + 1: the behaviour-cloning agents'
+    update after their loss (``state`` has ``params``, ``ema_params``, ``opt_state``, ``step``)."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = ema_update(state.ema_params, params, config.ema_decay)
+    ema = jax.tree.map(lambda p, e: jnp.where(state.step < config.ema_start, p, e), params, ema)
+    return state.replace(params=params, ema_params=ema, opt_state=opt_state, step=state.step + 1)
 
 
 def ema_update(ema, new, decay: float):

@@ -28,9 +28,9 @@ from flax import struct
 from cdp_jax import chunk_networks, diffusion, networks, samplers, schedules
 from cdp_jax.agents.common import (
     bc_loss_from_draws,
-    ema_update,
     make_optimizer,
     make_schedule,
+    optimiser_step_with_ema,
 )
 from cdp_jax.configs.dbc import DBCConfig, default_config  # noqa: F401 (re-exported)
 
@@ -108,12 +108,7 @@ def update_with_draws(state: DBCState, batch: dict, draws: dict) -> tuple[DBCSta
     """:func:`update` with its random draws given."""
     config = state.config
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, draws)
-    updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, config.ema_decay)
-    ema = jax.tree.map(lambda p, e: jnp.where(state.step < config.ema_start, p, e), params, ema)
-    return state.replace(params=params, ema_params=ema, opt_state=opt_state,
-                         step=state.step + 1), metrics
+    return optimiser_step_with_ema(state, grads, _optimizer(config), config), metrics
 
 
 def act(state: DBCState, obs: jax.Array, key: jax.Array) -> jax.Array:

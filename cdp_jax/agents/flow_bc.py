@@ -29,7 +29,7 @@ import optax
 from flax import struct
 
 from cdp_jax import chunk_networks, flow, networks
-from cdp_jax.agents.common import ema_update, make_optimizer
+from cdp_jax.agents.common import make_optimizer, optimiser_step_with_ema
 from cdp_jax.configs.flow_bc import FlowBCConfig, default_config  # noqa: F401 (re-exported)
 from cdp_jax.flow_networks import VectorField
 
@@ -123,12 +123,7 @@ def update_with_draws(state: FlowBCState, batch: dict, draws: dict) -> tuple[Flo
     """:func:`update` with its random draws given."""
     config = state.config
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, draws)
-    updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, config.ema_decay)
-    ema = jax.tree.map(lambda p, e: jnp.where(state.step < config.ema_start, p, e), params, ema)
-    return state.replace(params=params, ema_params=ema, opt_state=opt_state,
-                         step=state.step + 1), metrics
+    return optimiser_step_with_ema(state, grads, _optimizer(config), config), metrics
 
 
 def act(state: FlowBCState, obs: jax.Array, key: jax.Array) -> jax.Array:
